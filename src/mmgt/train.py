@@ -1,0 +1,21 @@
+"""``python -m mmgt.train [overrides]``: train SMGA (stage 1) or the video model (stage 2)."""
+
+from __future__ import annotations
+
+import hydra
+from omegaconf import DictConfig
+
+from mmgt.utils.paths import CONF_DIR
+
+
+@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+def main(cfg: DictConfig) -> float | None:
+    from mmgt.runner import train
+
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()
