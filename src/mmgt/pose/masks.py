@@ -1,0 +1,329 @@
+"""Region masks from keypoints: the single definition used by training AND generation.
+
+MM-HAA multiplies each audio cross-attention branch by a region mask at the block's resolution. In the
+original MMGT those masks were per-frame axis-aligned keypoint boxes (reference notes §3), rendered to
+mask videos offline and read back by *different* code paths for training and inference, which ended up
+feeding different regions to the "full" branch (hands in training, 1 + lips at inference). Here masks are
+derived from keypoints in code, by one object: :class:`RegionMaskBuilder`. The DataModule (ground-truth
+keypoints) and the generation pipeline (SMGA-predicted keypoints) both call the same builder built from
+the same ``mask`` config, so the two paths cannot drift apart.
+
+Regions (all from *visible* keypoints: score >= threshold, knees/ankles hidden, inside the frame):
+
+=============  ==================================================================================
+``lips``       bbox of the mouth points 72-91
+``face``       bbox of the face points 24-91 (plus each hand's box when ``face_includes_hands``,
+               as the original's face mask)
+``hands``      one bbox per hand (92-112, 113-133), union
+``body``       bbox of all visible body, face and hand points (the whole visible person; the face is
+               included so the brows/forehead above the eyes are not "background")
+``background`` ``1 - body``
+``full``       the whole frame (ones)
+=============  ==================================================================================
+
+A box needs positive width and height (a single point or a line gives nothing); ``padding`` grows each
+side by that fraction of the box's size (0 = the original's tight boxes). Boxes are rasterised directly at
+the mask resolution (usually the latent size) with exact area coverage, i.e. what drawing the box at full
+image size and area-downsampling would give, so a box thinner than a latent pixel still shows up.
+
+Modes: ``boxes`` (per-frame boxes, as MMGT), ``union`` (per-clip union over frames, i.e. Hallo's static
+masks), ``none`` (all ones: every branch sees the whole frame, used by the ``haa`` ablation).
+
+Soft masks: a Gaussian blur whose kernel is a fraction of the side (the original at 64 px: 31 for the face
+= 0.484, 21 for lips/hands = 0.328; sigma as OpenCV's automatic choice), then min-max normalisation per
+frame. An empty region stays all zeros; a constant non-empty mask (e.g. ``full``) stays as it is.
+
+Which region feeds which branch is the ``branches`` mapping (branch name -> region; order = branch
+order of MM-HAA). Default ``full=full, face=face, lips=lips``. The original trained the "full" branch on
+hands and ran inference with 1 + lips; reproduce the training side with ``mask.branches.full=hands``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field, fields
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmgt.pose.layout import (
+    BODY,
+    FACE,
+    LEFT_HAND,
+    LIPS,
+    NUM_KEYPOINTS,
+    RIGHT_HAND,
+    VISIBILITY_THRESHOLD,
+    visibility,
+)
+
+MODES = ("none", "boxes", "union")
+REGIONS = ("full", "face", "lips", "hands", "body", "background")
+
+# The original's kernels at 64 px: 31 (face) and 21 (lips, hands).
+DEFAULT_BLUR: dict[str, float] = {"face": 31 / 64, "lips": 21 / 64, "hands": 21 / 64}
+DEFAULT_BRANCHES: dict[str, str] = {"full": "full", "face": "face", "lips": "lips"}
+
+
+@dataclass
+class MaskConfig:
+    """The ``mask`` config group (conf/mask/*.yaml): region definition and region -> branch routing."""
+
+    mode: str = "boxes"
+    branches: dict[str, str] = field(default_factory=lambda: dict(DEFAULT_BRANCHES))
+    blur: dict[str, float] = field(default_factory=lambda: dict(DEFAULT_BLUR))
+    face_includes_hands: bool = True
+    padding: float = 0.0
+    threshold: float = VISIBILITY_THRESHOLD
+
+    def __post_init__(self) -> None:
+        self.branches = {str(k): str(v) for k, v in dict(self.branches).items()}
+        self.blur = {str(k): float(v) for k, v in dict(self.blur or {}).items()}
+        if self.mode not in MODES:
+            raise ValueError(f"mask.mode must be one of {MODES}, got {self.mode!r}")
+        if not self.branches:
+            raise ValueError("mask.branches must name at least one branch (branch name -> region)")
+        bad = {k: v for k, v in self.branches.items() if v not in REGIONS}
+        if bad:
+            raise ValueError(f"mask.branches has unknown regions {bad}; known regions: {REGIONS}")
+        bad_blur = {k: v for k, v in self.blur.items() if k not in REGIONS or not 0.0 <= v <= 1.0}
+        if bad_blur:
+            raise ValueError(f"mask.blur must map known regions {REGIONS} to a fraction of the side in [0, 1], "
+                             f"got {bad_blur}")
+        if self.padding < 0:
+            raise ValueError(f"mask.padding must be >= 0, got {self.padding}")
+
+    @classmethod
+    def from_dict(cls, cfg: Mapping[str, Any] | None) -> MaskConfig:
+        """Build from a plain dict or an omegaconf DictConfig; keys starting with ``_`` (hydra) are ignored."""
+        if cfg is None:
+            return cls()
+        if not isinstance(cfg, Mapping):
+            try:  # omegaconf DictConfig is not a typing Mapping subclass in every version
+                from omegaconf import OmegaConf
+
+                cfg = OmegaConf.to_container(cfg, resolve=True)  # type: ignore[assignment]
+            except Exception as err:  # noqa: BLE001
+                raise TypeError(f"mask config must be a mapping, got {type(cfg).__name__}") from err
+        data = {str(k): v for k, v in dict(cfg).items() if not str(k).startswith("_")}
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown mask config keys {unknown}; known: {sorted(known)}")
+        for key in ("branches", "blur"):
+            if key in data and data[key] is not None and not isinstance(data[key], dict):
+                data[key] = dict(data[key])
+        return cls(**data)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+# --------------------------------------------------------------------------------------------------
+# geometry
+
+
+def region_boxes(kp: torch.Tensor, vis: torch.Tensor, indices: tuple[int, ...], padding: float = 0.0
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-frame bbox ``(T, 4)`` as (x0, y0, x1, y1) of the visible ``indices``, and validity ``(T,)``.
+
+    Valid means at least two visible points spanning a positive width AND height.
+    """
+    idx = torch.as_tensor(indices, device=kp.device, dtype=torch.long)
+    x, y, v = kp[:, idx, 0], kp[:, idx, 1], vis[:, idx]
+    inf = torch.tensor(float("inf"), device=kp.device, dtype=kp.dtype)
+    x0 = torch.where(v, x, inf).amin(1)
+    x1 = torch.where(v, x, -inf).amax(1)
+    y0 = torch.where(v, y, inf).amin(1)
+    y1 = torch.where(v, y, -inf).amax(1)
+    valid = (x1 > x0) & (y1 > y0)
+    box = torch.stack([x0, y0, x1, y1], 1)
+    box = torch.where(valid[:, None], box, torch.zeros_like(box))
+    if padding > 0:
+        w, h = (box[:, 2] - box[:, 0]) * padding, (box[:, 3] - box[:, 1]) * padding
+        box = box + torch.stack([-w, -h, w, h], 1)
+    return box, valid
+
+
+def rasterize_boxes(boxes: torch.Tensor, valid: torch.Tensor, image_hw: tuple[int, int],
+                    mask_hw: tuple[int, int]) -> torch.Tensor:
+    """Boxes ``(T, 4)`` in image pixels -> ``(T, h, w)`` area coverage in [0, 1] at the mask resolution."""
+    (img_h, img_w), (h, w) = image_hw, mask_hw
+    sx, sy = w / float(img_w), h / float(img_h)
+    dev, dt = boxes.device, boxes.dtype
+
+    def cover(lo: torch.Tensor, hi: torch.Tensor, n: int) -> torch.Tensor:
+        j = torch.arange(n, device=dev, dtype=dt)
+        return (torch.minimum(hi[:, None], j + 1) - torch.maximum(lo[:, None], j)).clamp(0.0, 1.0)
+
+    cx = cover(boxes[:, 0] * sx, boxes[:, 2] * sx, w)
+    cy = cover(boxes[:, 1] * sy, boxes[:, 3] * sy, h)
+    return cy[:, :, None] * cx[:, None, :] * valid[:, None, None].to(dt)
+
+
+def gaussian_kernel_size(fraction: float, side: int) -> int:
+    """Odd kernel size ``~fraction * side`` (31 for 0.484 at 64 px); 1 means no blur."""
+    k = int(fraction * side)
+    if k % 2 == 0:
+        k += 1
+    return max(1, min(k, 2 * side - 1))
+
+
+def _gaussian_1d(k: int, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
+    sigma = 0.3 * ((k - 1) * 0.5 - 1) + 0.8  # OpenCV's sigma for ksize k when sigma <= 0
+    x = torch.arange(k, device=device, dtype=dtype) - (k - 1) / 2
+    g = torch.exp(-(x**2) / (2 * sigma**2))
+    return g / g.sum()
+
+
+def blur_masks(masks: torch.Tensor, fraction: float) -> torch.Tensor:
+    """Separable Gaussian blur of ``(N, h, w)`` masks, kernel = fraction of each side, reflect borders."""
+    if fraction <= 0 or masks.numel() == 0:
+        return masks
+    n, h, w = masks.shape
+    out = masks[:, None]
+    ky, kx = gaussian_kernel_size(fraction, h), gaussian_kernel_size(fraction, w)
+    if kx > 1:
+        g = _gaussian_1d(kx, masks.device, masks.dtype).view(1, 1, 1, kx)
+        out = F.conv2d(F.pad(out, (kx // 2, kx // 2, 0, 0), mode="reflect"), g)
+    if ky > 1:
+        g = _gaussian_1d(ky, masks.device, masks.dtype).view(1, 1, ky, 1)
+        out = F.conv2d(F.pad(out, (0, 0, ky // 2, ky // 2), mode="reflect"), g)
+    return out[:, 0]
+
+
+def minmax_normalize(masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
+    """Per-mask min-max to [0, 1] over the last two dims; flat masks are kept (clamped), never NaN."""
+    flat = masks.flatten(-2)
+    lo, hi = flat.amin(-1, keepdim=True), flat.amax(-1, keepdim=True)
+    rng = hi - lo
+    norm = (flat - lo) / rng.clamp_min(eps)
+    return torch.where(rng > eps, norm, flat.clamp(0.0, 1.0)).view_as(masks)
+
+
+def pyramid_sizes(latent_hw: tuple[int, int], n_levels: int = 4) -> list[tuple[int, int]]:
+    """``ceil(h / 2**l), ceil(w / 2**l)`` per level: what a diffusers UNet's stride-2 downsamplers give."""
+    h, w = int(latent_hw[0]), int(latent_hw[1])
+    return [(math.ceil(h / 2**lvl), math.ceil(w / 2**lvl)) for lvl in range(n_levels)]
+
+
+def mask_pyramid(masks: torch.Tensor, latent_hw: tuple[int, int], n_levels: int = 4) -> list[torch.Tensor]:
+    """``(..., H, W)`` masks -> one tensor ``(..., h_l, w_l)`` per attention level (area down / bilinear up)."""
+    if masks.dim() < 2:
+        raise ValueError(f"mask_pyramid: masks must be (..., H, W), got shape {tuple(masks.shape)}")
+    lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
+    x = masks.reshape(-1, 1, h, w).float()
+    out = []
+    for lh, lw in pyramid_sizes(latent_hw, n_levels):
+        if (lh, lw) == (h, w):
+            y = x
+        elif lh <= h and lw <= w:
+            y = F.interpolate(x, size=(lh, lw), mode="area")
+        else:
+            y = F.interpolate(x, size=(lh, lw), mode="bilinear", align_corners=False)
+        out.append(y.reshape(*lead, lh, lw))
+    return out
+
+
+# --------------------------------------------------------------------------------------------------
+# the builder
+
+
+class RegionMaskBuilder:
+    """Keypoints -> per-branch region masks and their attention pyramid; THE one implementation.
+
+    Both ``mmgt.data`` (training/validation samples) and the generation pipeline (SMGA-predicted poses)
+    call an instance built from the same ``mask`` config; do not re-derive masks anywhere else.
+    """
+
+    def __init__(self, cfg: MaskConfig | Mapping[str, Any] | None = None) -> None:
+        self.cfg = cfg if isinstance(cfg, MaskConfig) else MaskConfig.from_dict(cfg)
+
+    @property
+    def branch_names(self) -> tuple[str, ...]:
+        return tuple(self.cfg.branches)
+
+    @property
+    def num_branches(self) -> int:
+        return len(self.cfg.branches)
+
+    def region_masks(self, kp: torch.Tensor, image_hw: tuple[int, int], mask_hw: tuple[int, int],
+                     regions: tuple[str, ...] | list[str]) -> dict[str, torch.Tensor]:
+        """Hard (area-coverage) masks ``(T, h, w)`` of the named regions for per-frame keypoints."""
+        cfg = self.cfg
+        img_h, img_w = image_hw
+        n, dev = kp.shape[0], kp.device
+        xy = kp[..., :2]
+        vis = visibility(kp, drop_legs=True, threshold=cfg.threshold)
+        vis = vis & torch.isfinite(xy).all(-1)
+        vis = vis & (xy[..., 0] >= 0) & (xy[..., 0] <= img_w) & (xy[..., 1] >= 0) & (xy[..., 1] <= img_h)
+
+        cache: dict[str, torch.Tensor] = {}
+
+        def box(indices: tuple[int, ...]) -> torch.Tensor:
+            b, ok = region_boxes(kp, vis, indices, cfg.padding)
+            return rasterize_boxes(b, ok, image_hw, mask_hw)
+
+        def get(name: str) -> torch.Tensor:
+            if name in cache:
+                return cache[name]
+            if name == "full":
+                m = torch.ones(n, *mask_hw, device=dev, dtype=kp.dtype)
+            elif name == "lips":
+                m = box(LIPS)
+            elif name == "hands":
+                m = torch.maximum(box(LEFT_HAND), box(RIGHT_HAND))
+            elif name == "face":
+                m = box(FACE)
+                if cfg.face_includes_hands:
+                    m = torch.maximum(m, get("hands"))
+            elif name == "body":
+                m = box(BODY + FACE + LEFT_HAND + RIGHT_HAND)
+            elif name == "background":
+                m = 1.0 - get("body")
+            else:
+                raise KeyError(f"unknown mask region {name!r}; known: {REGIONS}")
+            cache[name] = m
+            return m
+
+        return {r: get(r) for r in regions}
+
+    def __call__(self, kp: np.ndarray | torch.Tensor, image_hw: tuple[int, int],
+                 latent_hw: tuple[int, int] | None = None, n_levels: int = 4) -> dict[str, Any]:
+        """``kp`` (T, 134, 3) pixel keypoints of ``image_hw`` frames -> ``{"masks", "pyramid"}``.
+
+        ``masks``: ``(K, T, h, w)`` float32 in [0, 1] at ``latent_hw`` (or ``image_hw`` when None), K =
+        branches in config order; ``pyramid``: ``n_levels`` tensors ``(K, T, ceil(h/2**l), ceil(w/2**l))``.
+        """
+        kp_t = kp.float() if isinstance(kp, torch.Tensor) else torch.from_numpy(np.array(kp, dtype=np.float32))
+        if kp_t.dim() == 2:
+            kp_t = kp_t[None]
+        if kp_t.dim() != 3 or kp_t.shape[1:] != (NUM_KEYPOINTS, 3):
+            raise ValueError(f"RegionMaskBuilder: keypoints must be (T, {NUM_KEYPOINTS}, 3) pixel coords, "
+                             f"got shape {tuple(kp_t.shape)}")
+        image_hw = (int(image_hw[0]), int(image_hw[1]))
+        mask_hw = (int(latent_hw[0]), int(latent_hw[1])) if latent_hw is not None else image_hw
+        if min(image_hw) < 1 or min(mask_hw) < 1:
+            raise ValueError(f"RegionMaskBuilder: sizes must be positive, got image {image_hw}, mask {mask_hw}")
+        n_frames, k = kp_t.shape[0], self.num_branches
+        cfg = self.cfg
+
+        if cfg.mode == "none":
+            masks = torch.ones(k, n_frames, *mask_hw, device=kp_t.device)
+        else:
+            needed = list(dict.fromkeys(cfg.branches.values()))
+            hard = self.region_masks(kp_t, image_hw, mask_hw, needed)
+            soft: dict[str, torch.Tensor] = {}
+            for name, m in hard.items():
+                if cfg.mode == "union":
+                    m = m.amax(0, keepdim=True)
+                frac = cfg.blur.get(name, 0.0)
+                if frac > 0:
+                    m = minmax_normalize(blur_masks(m, frac))
+                soft[name] = m.expand(n_frames, *mask_hw)
+            masks = torch.stack([soft[r] for r in cfg.branches.values()]).contiguous()
+        pyramid = mask_pyramid(masks, mask_hw, n_levels)
+        return {"masks": masks, "pyramid": pyramid}
