@@ -1,0 +1,342 @@
+"""Audio feature extractors at the video frame rate (25 fps, 640 samples per frame at 16 kHz) and their on-disk cache.
+
+* :class:`Stage1Features` — stage-1 (SMGA) per-frame features: 64 log-mel bins, RMS and an onset strength, each row
+  computed from *its own frame's samples only* (the onset compares with the previous row), so a sound at frame k can
+  never leak into the pose of frame k-1. Optionally a speech encoder (WavLM / wav2vec2, the original used WavLM-Large's
+  last layer) is prepended.
+* :class:`Wav2VecFeatures` — stage-2 audio embedding: the hidden states of every transformer layer of wav2vec2,
+  resampled from 50 Hz to the video frames (the original's ``(T, 12, 768)`` tensor).
+* :func:`window_features` / :func:`window_indices` — the ±r frame windows stage 2 feeds to its audio projection.
+* :func:`ensure_feature_cache` — computes missing or stale ``.npy`` caches beside each clip.
+
+Every extractor has a ``signature`` string that changes with any setting, so caches of different settings never mix.
+Speech encoders build at tiny size with a seeded random init (tests, CPU runs) or load a local Hugging Face folder.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmgt.data.video_io import atomic_path
+
+if TYPE_CHECKING:
+    from mmgt.data.corpus import ClipRecord, Corpus
+
+SAMPLE_RATE = 16000
+FPS = 25
+HOP = SAMPLE_RATE // FPS  # 640 samples per video frame
+
+# wav2vec2 / WavLM conv feature encoder: 400-sample receptive field, stride 320 (50 Hz); frame j is centred at 320j+200.
+CNN_HOP = 320
+CNN_FIELD = 400
+CNN_OFFSET = CNN_FIELD / 2
+
+_BACKENDS = ("wavlm", "wav2vec2")
+
+
+def _signature(name: str, settings: dict[str, Any]) -> str:
+    """Readable prefix + short hash of every setting: a file-name-safe cache key."""
+    digest = hashlib.sha1(json.dumps(settings, sort_keys=True, default=str).encode()).hexdigest()[:10]
+    return f"{name}-{digest}"
+
+
+def _as_waveform(audio: np.ndarray | torch.Tensor) -> np.ndarray:
+    if isinstance(audio, torch.Tensor):
+        audio = audio.detach().cpu().numpy()
+    audio = np.asarray(audio, dtype=np.float32)
+    if audio.ndim != 1:
+        raise ValueError(f"expected mono audio of shape (samples,), got {audio.shape}")
+    return audio
+
+
+def _fit_length(audio: np.ndarray, n_samples: int) -> np.ndarray:
+    """Zero-pad or trim to exactly ``n_samples``."""
+    if len(audio) >= n_samples:
+        return audio[:n_samples]
+    return np.pad(audio, (0, n_samples - len(audio)))
+
+
+def _default_frames(audio: np.ndarray) -> int:
+    return max(1, math.ceil(len(audio) / HOP))
+
+
+# ---------------------------------------------------------------------------------------------- frame resampling
+
+
+def resample_frames(x: torch.Tensor, n_out: int, in_hop: float, in_offset: float, out_hop: float,
+                    legacy_align_corners: bool = False, out_offset: float | None = None) -> torch.Tensor:
+    """Linearly resample a feature sequence ``(..., C, T_in)`` to ``(..., C, n_out)`` by time, not by index.
+
+    Input frame j sits at sample ``in_hop * j + in_offset``, output frame i at ``out_hop * i + out_offset`` (default:
+    the frame centre ``out_hop / 2``); outside the input's span the edge frames are held. This keeps a 50 Hz encoder
+    frame and the video frame it describes at the same instant. ``legacy_align_corners=True`` instead stretches the
+    whole sequence onto ``n_out`` frames (``F.interpolate(..., align_corners=True)``), as the original code did; that
+    maps first onto first and last onto last and so drifts by up to half a frame.
+    """
+    if x.shape[-1] < 1 or n_out < 1:
+        raise ValueError(f"cannot resample {x.shape[-1]} frames to {n_out}")
+    lead, t_in = x.shape[:-1], x.shape[-1]
+    if legacy_align_corners:
+        flat = x.reshape(1, -1, t_in)
+        if t_in == 1:
+            return flat.expand(1, flat.shape[1], n_out).reshape(*lead, n_out).clone()
+        return F.interpolate(flat, size=n_out, mode="linear", align_corners=True).reshape(*lead, n_out)
+    if out_offset is None:
+        out_offset = out_hop / 2
+    pos = (torch.arange(n_out, dtype=torch.float64) * out_hop + out_offset - in_offset) / in_hop
+    pos = pos.clamp(0, t_in - 1)
+    i0 = pos.floor().long().clamp(max=max(t_in - 2, 0))
+    i1 = (i0 + 1).clamp(max=t_in - 1)
+    frac = (pos - i0).to(device=x.device, dtype=x.dtype)
+    i0, i1 = i0.to(x.device), i1.to(x.device)
+    return x[..., i0] * (1 - frac) + x[..., i1] * frac
+
+
+# ---------------------------------------------------------------------------------------------- speech encoders
+
+
+def _tiny_config(kind: str, hidden_size: int, num_layers: int) -> Any:
+    """A small WavLM/wav2vec2 config with the real conv stack timing (stride 320, field 400) and no dropout."""
+    from transformers import Wav2Vec2Config, WavLMConfig
+
+    cls = WavLMConfig if kind == "wavlm" else Wav2Vec2Config
+    return cls(hidden_size=hidden_size, num_hidden_layers=num_layers, num_attention_heads=2,
+               intermediate_size=2 * hidden_size, conv_dim=(32,) * 7, num_conv_pos_embeddings=16,
+               num_conv_pos_embedding_groups=4, apply_spec_augment=False, hidden_dropout=0.0, activation_dropout=0.0,
+               attention_dropout=0.0, feat_proj_dropout=0.0, layerdrop=0.0)
+
+
+class _SpeechEncoder:
+    """A frozen wav2vec2/WavLM model whose per-layer hidden states come out at the video frame rate."""
+
+    def __init__(self, kind: str, *, pretrained_path: str | None, config_key: str, seed: int, hidden_size: int,
+                 num_layers: int, layers: str, legacy_align_corners: bool, device: str | torch.device) -> None:
+        from transformers import Wav2Vec2Model, WavLMModel
+
+        if kind not in _BACKENDS:
+            raise ValueError(f"unknown speech encoder {kind!r}; expected one of {_BACKENDS}")
+        if layers not in ("all", "last"):
+            raise ValueError(f"layers must be 'all' or 'last', got {layers!r}")
+        cls = WavLMModel if kind == "wavlm" else Wav2Vec2Model
+        if pretrained_path is not None:
+            path = Path(pretrained_path).expanduser()
+            if not path.exists():
+                hub = "microsoft/wavlm-large" if kind == "wavlm" else "facebook/wav2vec2-base-960h"
+                raise FileNotFoundError(
+                    f"{kind} weights not found at {path} (config key {config_key}). Download the Hugging Face model "
+                    f"'{hub}' into that folder, or set {config_key}=null for a random-init tiny encoder.")
+            self.model = cls.from_pretrained(str(path), local_files_only=True)
+        else:
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                self.model = cls(_tiny_config(kind, hidden_size, num_layers))
+        self.model.eval().requires_grad_(False).to(device)
+        self.device = torch.device(device)
+        self.layers = layers
+        self.legacy_align_corners = legacy_align_corners
+        self.hidden_size = int(self.model.config.hidden_size)
+        self.n_layers = int(self.model.config.num_hidden_layers) if layers == "all" else 1
+        # Cache key: the weights' folder, or the tiny architecture + seed that fully determine the random init.
+        model_id: dict[str, Any] = (dict(pretrained_path=str(Path(pretrained_path).resolve())) if pretrained_path
+                                    else dict(seed=seed, hidden_size=hidden_size, num_layers=num_layers))
+        self.settings = dict(kind=kind, layers=layers, legacy_align_corners=legacy_align_corners, **model_id)
+
+    @torch.inference_mode()
+    def __call__(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
+        """(n_frames, n_layers, hidden_size) float32 on the CPU."""
+        x = _fit_length(audio, n_frames * HOP).astype(np.float64)
+        # Zero-mean unit-variance waveform (what Wav2Vec2FeatureExtractor does): loudness must not change the features.
+        x = ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
+        # Pad half a video frame so the last 50 Hz frame reaches the last video frame's centre (no edge hold), and at
+        # least one receptive field so a single frame works. The legacy path only ensures one field, as the original.
+        extra = 0 if self.legacy_align_corners else HOP // 2
+        x = np.pad(x, (0, max(extra, CNN_FIELD - len(x))))
+        wav = torch.from_numpy(x)[None].to(self.device)
+        out = self.model(wav, output_hidden_states=True)
+        states = out.hidden_states[1:] if self.layers == "all" else out.hidden_states[-1:]
+        h = torch.stack(states, dim=1)[0].float()  # (L, T50, D): outputs of the transformer layers, not the CNN
+        h = resample_frames(h.transpose(1, 2), n_frames, CNN_HOP, CNN_OFFSET, HOP, self.legacy_align_corners)
+        return h.permute(2, 0, 1).contiguous().cpu()  # (n_frames, L, D)
+
+
+# ---------------------------------------------------------------------------------------------- stage 1
+
+
+def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
+                   fmax: float | None = None) -> np.ndarray:
+    """(n_mels, n_fft//2+1) triangular filters on the Slaney mel scale with area normalisation (librosa's default)."""
+    fmax = sample_rate / 2 if fmax is None else fmax
+    f_sp, min_log_hz = 200.0 / 3, 1000.0
+    min_log_mel, logstep = min_log_hz / f_sp, math.log(6.4) / 27.0
+
+    def hz_to_mel(f: np.ndarray) -> np.ndarray:
+        f = np.asarray(f, dtype=np.float64)
+        return np.where(f >= min_log_hz, min_log_mel + np.log(np.maximum(f, 1e-10) / min_log_hz) / logstep, f / f_sp)
+
+    def mel_to_hz(m: np.ndarray) -> np.ndarray:
+        return np.where(m >= min_log_mel, min_log_hz * np.exp(logstep * (m - min_log_mel)), f_sp * m)
+
+    fft_freqs = np.linspace(0, sample_rate / 2, n_fft // 2 + 1)
+    hz = mel_to_hz(np.linspace(hz_to_mel(fmin), hz_to_mel(fmax), n_mels + 2))
+    lower = (fft_freqs[None] - hz[:-2, None]) / np.diff(hz)[:-1, None]
+    upper = (hz[2:, None] - fft_freqs[None]) / np.diff(hz)[1:, None]
+    weights = np.maximum(0, np.minimum(lower, upper))
+    weights *= (2.0 / (hz[2:] - hz[:-2]))[:, None]
+    return weights.astype(np.float32)
+
+
+class Stage1Features:
+    """Per-frame stage-1 audio features: ``[backend?] ‖ log-mel(64) ‖ rms(1) ‖ onset(1)`` at 25 fps.
+
+    Row k uses only samples ``[640k, 640k+640)`` (Hann-tapered for the spectrum), so features and poses of the same
+    index describe the same 40 ms; the onset is the rectified log-mel increase over row k-1 (0 for the first row).
+    ``backend="wavlm"|"wav2vec2"`` prepends a speech encoder's last hidden layer resampled to 25 fps (tiny seeded
+    random-init unless ``pretrained_path`` names a local Hugging Face folder); its context is the whole clip.
+    """
+
+    name = "stage1"
+
+    def __init__(self, backend: str | None = None, pretrained_path: str | None = None, n_mels: int = 64,
+                 fmin: float = 0.0, fmax: float | None = None, log_floor: float = 1e-10, seed: int = 0,
+                 backend_hidden_size: int = 32, backend_layers: int = 2, legacy_align_corners: bool = False,
+                 device: str | torch.device = "cpu") -> None:
+        self.n_mels, self.log_floor = n_mels, log_floor
+        self.window = torch.hann_window(HOP, periodic=True, dtype=torch.float64)
+        self.mel = torch.from_numpy(mel_filterbank(SAMPLE_RATE, HOP, n_mels, fmin, fmax)).double()
+        self.encoder: _SpeechEncoder | None = None
+        if backend is not None:
+            self.encoder = _SpeechEncoder(backend, pretrained_path=pretrained_path,
+                                          config_key="data.stage1_features.pretrained_path", seed=seed,
+                                          hidden_size=backend_hidden_size, num_layers=backend_layers, layers="last",
+                                          legacy_align_corners=legacy_align_corners, device=device)
+        elif pretrained_path is not None:
+            raise ValueError("pretrained_path needs a backend ('wavlm' or 'wav2vec2')")
+        offset = 0
+        self.slices: dict[str, slice] = {}
+        for key, width in [("backend", self.encoder.hidden_size if self.encoder else 0), ("logmel", n_mels),
+                           ("rms", 1), ("onset", 1)]:
+            if width:
+                self.slices[key] = slice(offset, offset + width)
+                offset += width
+        self.dim = offset
+        self.feature_shape: tuple[int, ...] = (self.dim,)
+        self.signature = _signature(self.name, dict(
+            version=1, sample_rate=SAMPLE_RATE, hop=HOP, n_mels=n_mels, fmin=fmin, fmax=fmax, log_floor=log_floor,
+            window="hann_periodic", backend=self.encoder.settings if self.encoder else None))
+
+    def _frame_features(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
+        frames = torch.from_numpy(_fit_length(audio, n_frames * HOP)).double().reshape(n_frames, HOP)
+        power = torch.fft.rfft(frames * self.window).abs().square()  # (N, 321)
+        logmel = torch.log10(power @ self.mel.T + self.log_floor)
+        rms = frames.square().mean(-1, keepdim=True).sqrt()
+        prev = torch.cat([logmel[:1], logmel[:-1]])
+        onset = (logmel - prev).clamp(min=0).mean(-1, keepdim=True)
+        return torch.cat([logmel, rms, onset], dim=-1).float()
+
+    def __call__(self, audio: np.ndarray | torch.Tensor, n_frames: int | None = None) -> torch.Tensor:
+        """(n_frames, dim) float32; ``n_frames`` defaults to ceil(samples / 640), audio is zero-padded or trimmed."""
+        audio = _as_waveform(audio)
+        n_frames = _default_frames(audio) if n_frames is None else int(n_frames)
+        feats = self._frame_features(audio, n_frames)
+        if self.encoder is not None:
+            feats = torch.cat([self.encoder(audio, n_frames)[:, 0], feats], dim=-1)
+        return feats
+
+
+# ---------------------------------------------------------------------------------------------- stage 2
+
+
+class Wav2VecFeatures:
+    """Stage-2 audio embedding: every transformer layer's hidden state of wav2vec2, at 25 fps -> (T, L, D).
+
+    Tiny seeded random init by default (hidden 32, 2 layers); ``pretrained_path`` loads a local Hugging Face folder
+    (wav2vec2-base-960h in the original: 12 layers x 768). Unlike the original, which interpolated the CNN features to
+    25 fps *before* the transformer, the encoder runs at its native 50 Hz and its outputs are resampled frame-centre
+    aligned (``legacy_align_corners=True`` keeps the original's align-corners stretch for that resampling).
+    """
+
+    name = "wav2vec"
+
+    def __init__(self, seed: int = 0, layers: str = "all", pretrained_path: str | None = None, hidden_size: int = 32,
+                 num_layers: int = 2, legacy_align_corners: bool = False,
+                 device: str | torch.device = "cpu") -> None:
+        self.encoder = _SpeechEncoder("wav2vec2", pretrained_path=pretrained_path,
+                                      config_key="data.stage2_features.pretrained_path", seed=seed,
+                                      hidden_size=hidden_size, num_layers=num_layers, layers=layers,
+                                      legacy_align_corners=legacy_align_corners, device=device)
+        self.n_layers, self.hidden_size = self.encoder.n_layers, self.encoder.hidden_size
+        self.feature_shape: tuple[int, ...] = (self.n_layers, self.hidden_size)
+        self.signature = _signature(self.name, dict(version=1, **self.encoder.settings))
+
+    def __call__(self, audio: np.ndarray | torch.Tensor, n_frames: int | None = None) -> torch.Tensor:
+        """(n_frames, n_layers, hidden_size) float32; ``n_frames`` defaults to ceil(samples / 640)."""
+        audio = _as_waveform(audio)
+        n_frames = _default_frames(audio) if n_frames is None else int(n_frames)
+        return self.encoder(audio, n_frames)
+
+
+# ---------------------------------------------------------------------------------------------- windows
+
+
+def window_indices(start: int, count: int, n_total: int, radius: int) -> np.ndarray:
+    """(count, 2r+1) int64 indices of frames ``i-r..i+r`` for ``i`` in ``[start, start+count)``, clamped to the clip."""
+    centre = np.arange(start, start + count)[:, None]
+    return np.clip(centre + np.arange(-radius, radius + 1)[None], 0, n_total - 1).astype(np.int64)
+
+
+def window_features(emb: torch.Tensor | np.ndarray, radius: int) -> torch.Tensor | np.ndarray:
+    """(T, ...) -> (T, 2r+1, ...): each frame with its ±r neighbours, edges repeated (the original's clamping)."""
+    idx = window_indices(0, len(emb), len(emb), radius)
+    return emb[torch.from_numpy(idx).to(emb.device)] if isinstance(emb, torch.Tensor) else emb[idx]
+
+
+# ---------------------------------------------------------------------------------------------- cache
+
+
+def feature_cache_path(corpus: Corpus, rec: ClipRecord, extractor: Any) -> Path:
+    """Cache file of ``extractor``'s features for one clip (keyed by its signature)."""
+    return corpus.cache_path(rec, extractor.signature)
+
+
+def cache_is_fresh(path: str | Path, audio_path: str | Path, n_frames: int, feature_shape: tuple[int, ...]) -> bool:
+    """True if the cache exists, is not older than the audio and holds ``(n_frames, *feature_shape)``."""
+    path, audio_path = Path(path), Path(audio_path)
+    try:
+        if path.stat().st_mtime < audio_path.stat().st_mtime:
+            return False
+        shape = np.load(path, mmap_mode="r", allow_pickle=False).shape
+    except (OSError, ValueError):
+        return False
+    return tuple(shape) == (n_frames, *tuple(feature_shape))
+
+
+def ensure_feature_cache(corpus: Corpus, records: Iterable[ClipRecord], extractor: Any,
+                         progress: bool = True) -> dict[str, str]:
+    """Compute every missing or stale cache; return ``{clip_id: error}`` for clips whose audio could not be read."""
+    from tqdm.auto import tqdm
+
+    records = list(records)
+    failed: dict[str, str] = {}
+    for rec in tqdm(records, desc=f"{extractor.name} features", disable=not progress, unit="clip"):
+        path, audio_path = feature_cache_path(corpus, rec, extractor), corpus.path(rec, "audio")
+        if cache_is_fresh(path, audio_path, rec.n_frames, extractor.feature_shape):
+            continue
+        try:
+            audio = corpus.load_audio(rec)
+        except Exception as err:  # any decoder error is reported per clip, never raised
+            failed[rec.clip_id] = f"cannot read audio {audio_path}: {type(err).__name__}: {err}"
+            continue
+        feats = extractor(audio, rec.n_frames)
+        feats = feats.numpy() if isinstance(feats, torch.Tensor) else np.asarray(feats)
+        with atomic_path(path) as tmp:
+            np.save(tmp, feats.astype(np.float32, copy=False))
+    return failed
