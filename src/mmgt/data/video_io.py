@@ -19,6 +19,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FPS = 25
+AAC_PRIMING = 1024  # encoder delay of FFmpeg's AAC-LC encoder, in samples
 
 
 @contextlib.contextmanager
@@ -117,7 +118,13 @@ def read_video_audio(path: str | Path) -> tuple[np.ndarray, int]:
             else:
                 arr = arr.reshape(-1, len(frame.layout.channels)).mean(axis=1)
             chunks.append(arr.astype(np.float32))
-    return (np.concatenate(chunks) if chunks else np.zeros(0, np.float32)), int(sr)
+        audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
+        if stream.codec_context.name == "aac" and len(audio) > AAC_PRIMING:
+            # PyAV does not apply the mp4 edit list: drop the AAC encoder delay and the end padding so the
+            # track lines up with the video again.
+            end = int(stream.duration * stream.time_base * sr) if stream.duration else len(audio)
+            audio = audio[AAC_PRIMING:end]
+    return audio, int(sr)
 
 
 def write_video(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.ndarray | None = None,

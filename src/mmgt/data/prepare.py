@@ -1,0 +1,48 @@
+"""The tasks of ``python -m mmgt.prepare`` (kept out of the entry point so tests can call them)."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from omegaconf import DictConfig
+
+from mmgt.data.corpus import MANIFEST, Corpus
+from mmgt.utils.config import to_plain
+
+TASKS = ("synthetic", "validate", "pats")
+
+
+def run(cfg: DictConfig) -> int:
+    """Dispatch on ``cfg.task``; returns the process exit code."""
+    task = cfg.get("task")
+    root = Path(cfg.data.root)
+    if task == "synthetic":
+        from mmgt.data.synthetic import generate_corpus
+
+        spec = {k: v for k, v in (to_plain(cfg.data.get("synthetic")) or {}).items() if k != "generate_if_missing"}
+        if (root / MANIFEST).exists() and not cfg.get("overwrite"):
+            print(f"{root}: a corpus is already there ({len(Corpus(root))} clips); overwrite=true rebuilds it")
+            return 0
+        if (root / MANIFEST).exists():
+            shutil.rmtree(root / "clips", ignore_errors=True)
+        records = generate_corpus(root, progress=bool(cfg.get("progress", True)), **spec)
+        print(f"{root}: wrote {len(records)} synthetic clips ({spec})")
+        return 0
+    if task == "validate":
+        from mmgt.data.validate import report, validate_corpus
+
+        faults = validate_corpus(root, workers=cfg.get("workers"), progress=bool(cfg.get("progress", True)))
+        n = len(Corpus(root)) if (root / MANIFEST).exists() and not any("manifest" in f.message for f in faults) \
+            else None
+        return report(root, faults, n)
+    if task == "pats":
+        from mmgt.data.pats import prepare_pats
+
+        if cfg.get("pats") is None:
+            raise ValueError("task=pats needs the `pats` config group (conf/pats/default.yaml)")
+        settings = dict(to_plain(cfg.pats), output_root=str(root))
+        if cfg.get("workers") is not None:
+            settings.setdefault("workers", cfg.workers)
+        return int(prepare_pats(settings))
+    raise ValueError(f"task={task!r}: expected one of {TASKS}")

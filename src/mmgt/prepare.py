@@ -1,0 +1,23 @@
+"""``python -m mmgt.prepare task=synthetic|validate|pats data.root=...``: build or check a corpus."""
+
+from __future__ import annotations
+
+import sys
+
+import hydra
+from omegaconf import DictConfig
+
+from mmgt.utils.paths import CONF_DIR
+
+
+@hydra.main(config_path=CONF_DIR, config_name="prepare", version_base="1.3")
+def main(cfg: DictConfig) -> None:
+    from mmgt.data.prepare import run
+
+    code = run(cfg)
+    if code:
+        sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()
