@@ -196,10 +196,17 @@ def read_video(path: str | Path, start: int = 0, count: int | None = None) -> np
         with av.open(str(path)) as container:
             vs = container.streams.video[0]
             vs.thread_type = "AUTO"
+            fps = float(vs.average_rate or FPS)
+            seeked = False
+            if start > 0 and vs.time_base:
+                # jump to the keyframe before `start` instead of decoding the clip from its beginning
+                container.seek(int((start / fps) / vs.time_base), stream=vs, backward=True, any_frame=False)
+                seeked = True
             for i, frame in enumerate(container.decode(vs)):
-                if stop is not None and i >= stop:
+                idx = round(float(frame.time) * fps) if seeked and frame.time is not None else i
+                if stop is not None and idx >= stop:
                     break
-                if i >= start:
+                if idx >= start:
                     out.append(frame.to_ndarray(format="rgb24"))
     except av.error.FFmpegError as err:
         raise ValueError(f"{path}: cannot decode video ({err})") from err
