@@ -41,8 +41,8 @@ def run(cfg: DictConfig) -> int:
 
         if cfg.get("pats") is None:
             raise ValueError("task=pats needs the `pats` config group (conf/pats/default.yaml)")
-        settings = dict(to_plain(cfg.pats), output_root=str(root))
+        settings = dict(to_plain(cfg.pats), output_root=str(root), progress=bool(cfg.get("progress", True)))
         if cfg.get("workers") is not None:
-            settings.setdefault("workers", cfg.workers)
+            settings["workers"] = int(cfg.workers)
         return int(prepare_pats(settings))
     raise ValueError(f"task={task!r}: expected one of {TASKS}")

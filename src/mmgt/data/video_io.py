@@ -19,7 +19,6 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FPS = 25
-AAC_PRIMING = 1024  # encoder delay of FFmpeg's AAC-LC encoder, in samples
 
 
 @contextlib.contextmanager
@@ -119,11 +118,8 @@ def read_video_audio(path: str | Path) -> tuple[np.ndarray, int]:
                 arr = arr.reshape(-1, len(frame.layout.channels)).mean(axis=1)
             chunks.append(arr.astype(np.float32))
         audio = np.concatenate(chunks) if chunks else np.zeros(0, np.float32)
-        if stream.codec_context.name == "aac" and len(audio) > AAC_PRIMING:
-            # PyAV does not apply the mp4 edit list: drop the AAC encoder delay and the end padding so the
-            # track lines up with the video again.
-            end = int(stream.duration * stream.time_base * sr) if stream.duration else len(audio)
-            audio = audio[AAC_PRIMING:end]
+        if stream.duration:  # drop the codec's end padding (AAC encodes whole 1024-sample frames)
+            audio = audio[: round(stream.duration * stream.time_base * sr)]
     return audio, int(sr)
 
 
@@ -156,6 +152,7 @@ def write_video(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.
             samples = np.clip(_to_mono_float(audio), -1, 1)[None, :].astype(np.float32)
             af = av.AudioFrame.from_ndarray(samples, format="fltp", layout="mono")
             af.sample_rate = int(sample_rate)
+            af.pts, af.time_base = 0, Fraction(1, int(sample_rate))  # else the track starts one AAC frame late
             for packet in aus.encode(af):
                 out.mux(packet)
             for packet in aus.encode():

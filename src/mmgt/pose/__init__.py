@@ -1,20 +1,23 @@
-"""Pose toolkit: the 134-keypoint layout, normalisation, rendering and region masks."""
+"""Pose toolkit: the 134-keypoint layout, normalisation, rendering and region masks.
 
-from mmgt.pose.layout import (
-    FACE,
-    GROUPS,
-    HANDS,
-    LIPS,
-    NUM_KEYPOINTS,
-    POSE_DIM,
-    PoseNormalizer,
-    group_mask,
-    visibility,
-)
-from mmgt.pose.masks import MaskConfig, RegionMaskBuilder, mask_pyramid, pyramid_sizes
-from mmgt.pose.render import render_pose
+Names are imported lazily so that light users (e.g. pose-estimation worker processes) don't pay for torch.
+"""
 
-__all__ = [
-    "FACE", "GROUPS", "HANDS", "LIPS", "NUM_KEYPOINTS", "POSE_DIM", "PoseNormalizer", "group_mask", "visibility",
-    "MaskConfig", "RegionMaskBuilder", "mask_pyramid", "pyramid_sizes", "render_pose",
-]
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_EXPORTS = {
+    "FACE": "layout", "GROUPS": "layout", "HANDS": "layout", "LIPS": "layout", "NUM_KEYPOINTS": "layout",
+    "POSE_DIM": "layout", "PoseNormalizer": "layout", "group_mask": "layout", "visibility": "layout",
+    "MaskConfig": "masks", "RegionMaskBuilder": "masks", "mask_pyramid": "masks", "pyramid_sizes": "masks",
+    "render_pose": "render",
+}
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _EXPORTS:
+        return getattr(importlib.import_module(f"mmgt.pose.{_EXPORTS[name]}"), name)
+    raise AttributeError(f"module 'mmgt.pose' has no attribute {name!r}")

@@ -23,9 +23,12 @@ reproduce only under ``legacy=True``).
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:  # torch stays optional here: pose-estimation workers import this module
+    import torch
 
 NUM_KEYPOINTS = 134
 NUM_CHANNELS = 3
@@ -122,7 +125,7 @@ def visibility(kp: np.ndarray | torch.Tensor, drop_legs: bool = True,
     """Boolean ``(..., 134)`` visibility from scores; legs are hidden by flag, never by zeroing coords."""
     vis = kp[..., 2] >= threshold
     if drop_legs:
-        vis = vis.clone() if isinstance(vis, torch.Tensor) else vis.copy()
+        vis = vis.copy() if isinstance(vis, np.ndarray) else vis.clone()
         vis[..., list(LEG_POINTS)] = False
     return vis
 
