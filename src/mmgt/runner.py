@@ -38,8 +38,11 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
-def train(cfg: DictConfig) -> dict[str, float]:
-    """Fit the configured model on the configured data; returns the final logged metrics (floats)."""
+def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
+    """Fit the configured model on the configured data; returns the final logged metrics (floats).
+
+    ``extra_callbacks`` are added to the configured ones (notebooks, tests and probes use it).
+    """
     import lightning as L
     from hydra.utils import instantiate
 
@@ -48,7 +51,7 @@ def train(cfg: DictConfig) -> dict[str, float]:
     datamodule = instantiate(cfg.data)
     info = datamodule.info() if hasattr(datamodule, "info") else {}
     model = instantiate(cfg.model, data_info=info, _recursive_=False)
-    callbacks = instantiate_group(cfg.get("callbacks"))
+    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers = instantiate_group(cfg.get("logger"))
     trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
     if trainer.is_global_zero:
