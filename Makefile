@@ -25,7 +25,7 @@ test: install
 	$(BIN)/python -m pytest tests
 
 bench: install
-	$(BIN)/python experiments/bench/data.py
+	for f in experiments/bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done
 
 clean:
 	rm -rf outputs multirun data/synthetic
