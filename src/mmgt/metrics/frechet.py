@@ -1,0 +1,63 @@
+"""Fréchet distance between Gaussians fitted to feature sets (FVD, FID, FGD share it).
+
+``d² = ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2})`` in float64. The trace of the matrix square root is taken as
+``Tr((Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2})`` — the same number, but of a symmetric PSD matrix, so two ``eigh`` calls give it
+without the complex round-off and the "singular product" retries of ``scipy.linalg.sqrtm``. Covariances are the
+unbiased sample covariance (``np.cov(rowvar=False)``), as in the published FVD/FID code. With fewer samples than
+feature dimensions Σ is rank-deficient and the value is noisy: always report the sample count beside it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+ArrayLike = np.ndarray | torch.Tensor
+
+
+def _np64(x: ArrayLike) -> np.ndarray:
+    if isinstance(x, torch.Tensor):
+        x = x.detach().cpu().double().numpy()
+    return np.asarray(x, dtype=np.float64)
+
+
+def _sqrt_psd(mat: np.ndarray) -> np.ndarray:
+    """Square root of a symmetric PSD matrix (negative round-off eigenvalues clipped to 0)."""
+    w, v = np.linalg.eigh((mat + mat.T) / 2)
+    return (v * np.sqrt(np.clip(w, 0.0, None))) @ v.T
+
+
+def trace_sqrt_product(sigma1: ArrayLike, sigma2: ArrayLike) -> float:
+    """``Tr((Σ₁Σ₂)^{1/2})`` for PSD Σ₁, Σ₂ in float64."""
+    s1 = _sqrt_psd(_np64(sigma1))
+    m = s1 @ _np64(sigma2) @ s1
+    w = np.linalg.eigvalsh((m + m.T) / 2)
+    return float(np.sqrt(np.clip(w, 0.0, None)).sum())
+
+
+def frechet_distance(mu1: ArrayLike, sigma1: ArrayLike, mu2: ArrayLike, sigma2: ArrayLike) -> float:
+    """Squared Fréchet distance between N(μ₁, Σ₁) and N(μ₂, Σ₂), float64. Clipped at 0 (round-off)."""
+    mu1, mu2 = _np64(mu1).reshape(-1), _np64(mu2).reshape(-1)
+    sigma1, sigma2 = np.atleast_2d(_np64(sigma1)), np.atleast_2d(_np64(sigma2))
+    if mu1.shape != mu2.shape or sigma1.shape != sigma2.shape or sigma1.shape != (mu1.size, mu1.size):
+        raise ValueError(f"shape mismatch: mu {mu1.shape}/{mu2.shape}, sigma {sigma1.shape}/{sigma2.shape}")
+    diff = mu1 - mu2
+    value = diff @ diff + np.trace(sigma1) + np.trace(sigma2) - 2.0 * trace_sqrt_product(sigma1, sigma2)
+    return max(float(value), 0.0)
+
+
+def feature_statistics(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
+    """Mean and unbiased covariance of ``(N, D)`` features in float64 (needs N ≥ 2)."""
+    f = _np64(features)
+    if f.ndim != 2:
+        f = f.reshape(f.shape[0], -1)
+    if f.shape[0] < 2:
+        raise ValueError(f"need at least 2 feature vectors for a covariance, got {f.shape[0]}")
+    return f.mean(axis=0), np.cov(f, rowvar=False)
+
+
+def frechet_distance_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
+    """Fréchet distance between the Gaussians fitted to two ``(N, D)`` feature sets (N may differ)."""
+    mu1, s1 = feature_statistics(features1)
+    mu2, s2 = feature_statistics(features2)
+    return frechet_distance(mu1, s1, mu2, s2)

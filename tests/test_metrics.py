@@ -1,0 +1,362 @@
+"""Metrics suite (issue 5): each metric against an independent computation, DDP invariance, weight files, CLI.
+
+Feature networks are random-init (no published weights offline) and FVD runs at a non-standard 32 px to stay
+cheap; the names say so (``fvd_r32_randinit``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.multiprocessing as mp
+
+from mmgt.metrics import (
+    LPIPS,
+    PSNR,
+    SSIM,
+    ChecksumMismatchError,
+    FrechetVideoDistance,
+    InceptionI3d,
+    MetricSuite,
+    MissingMetricWeightsError,
+    SyncNet,
+    build_i3d,
+    build_syncnet,
+    frechet_distance,
+    frechet_distance_from_features,
+    mfcc,
+    sync_scores,
+)
+from mmgt.metrics.syncnet import crop_faces, face_track
+
+ROOT = Path(__file__).resolve().parents[1]
+FAST = {"fvd": {"resize": 16, "clip_frames": 8}}  # non-standard, cheap FVD (named fvd_r16_8f_*)
+
+
+def _videos(seed: int, b: int = 2, t: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    ref = torch.rand(b, t, 3, size, size, generator=g) * 2 - 1
+    gen = (ref + 0.3 * torch.randn(ref.shape, generator=g)).clamp(-1, 1)
+    return gen, ref
+
+
+# ---------------------------------------------------------------- per-frame metrics
+def test_psnr_ssim_match_scikit_image_per_frame_then_clip():
+    from skimage.metrics import peak_signal_noise_ratio, structural_similarity
+
+    gen, ref = _videos(0, b=3, t=3)
+    psnr, ssim = PSNR(), SSIM()
+    psnr.update(gen[:1], ref[:1])  # batches of different sizes: every clip still weighs the same
+    psnr.update(gen[1:], ref[1:])
+    ssim.update(gen, ref)
+    g01 = ((gen + 1) / 2).permute(0, 1, 3, 4, 2).double().numpy()
+    r01 = ((ref + 1) / 2).permute(0, 1, 3, 4, 2).double().numpy()
+    exp_p = np.mean([np.mean([peak_signal_noise_ratio(r01[b, t], g01[b, t], data_range=1.0) for t in range(3)])
+                     for b in range(3)])
+    exp_s = np.mean([np.mean([structural_similarity(r01[b, t], g01[b, t], data_range=1.0, channel_axis=-1,
+                                                    gaussian_weights=True, sigma=1.5, use_sample_covariance=False)
+                              for t in range(3)]) for b in range(3)])
+    assert float(psnr.compute()) == pytest.approx(exp_p, rel=1e-5)
+    assert float(ssim.compute()) == pytest.approx(exp_s, rel=1e-5)
+    # uint8 videos are [0, 255]: the same frames quantised give (almost) the same PSNR
+    q = lambda v: ((v + 1) * 127.5).round().to(torch.uint8)  # noqa: E731
+    p8 = PSNR()
+    p8.update(q(gen), q(ref))
+    assert float(p8.compute()) == pytest.approx(exp_p, abs=0.05)
+
+
+def test_lpips_matches_lpips_package_with_same_backbone_file(tmp_path, monkeypatch):
+    import lpips
+    import torchvision
+
+    torch.manual_seed(3)
+    sd = torchvision.models.alexnet().state_dict()
+    hub = tmp_path / "hub" / "checkpoints"
+    hub.mkdir(parents=True)
+    weight_file = hub / "alexnet-owt-7be5be79.pth"
+    torch.save(sd, weight_file)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))  # the lpips package finds "its" AlexNet in the hub cache
+    reference_net = lpips.LPIPS(net="alex", verbose=False).eval()
+
+    gen, ref = _videos(1, b=2, t=3)
+    with torch.no_grad():
+        per_frame = reference_net(gen.flatten(0, 1), ref.flatten(0, 1)).reshape(2, 3)
+    metric = LPIPS(weight_file, verify_checksums=False)
+    metric.update(gen, ref)
+    assert metric.name_suffix == ""
+    assert float(metric.compute()) == pytest.approx(float(per_frame.mean(1).mean()), rel=1e-5)
+    with pytest.raises(ChecksumMismatchError, match="7be5be79"):  # a random file is not the published one
+        LPIPS(weight_file, verify_checksums=True)
+
+
+# ---------------------------------------------------------------- Fréchet distance
+def _scipy_frechet(f1: np.ndarray, f2: np.ndarray) -> float:
+    from scipy import linalg
+
+    mu1, mu2 = f1.mean(0), f2.mean(0)
+    s1, s2 = np.cov(f1, rowvar=False), np.cov(f2, rowvar=False)
+    covmean = linalg.sqrtm(s1 @ s2).real
+    return float(((mu1 - mu2) ** 2).sum() + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean))
+
+
+@pytest.mark.parametrize("n1,n2,d", [(200, 150, 8), (40, 30, 16)])
+def test_frechet_distance_matches_scipy(n1, n2, d):
+    rng = np.random.default_rng(d)
+    a = rng.standard_normal((n1, d)) @ rng.standard_normal((d, d))
+    b = rng.standard_normal((n2, d)) @ rng.standard_normal((d, d)) + 0.5
+    expected = _scipy_frechet(a, b)
+    assert frechet_distance_from_features(a, b) == pytest.approx(expected, rel=1e-7)
+    assert frechet_distance_from_features(torch.from_numpy(a).float(), torch.from_numpy(b).float()) == \
+        pytest.approx(expected, rel=1e-4)
+    mu, s = a.mean(0), np.cov(a, rowvar=False)
+    assert frechet_distance(mu, s, mu, s) == pytest.approx(0.0, abs=1e-8)
+
+
+# ---------------------------------------------------------------- Sync-C / Sync-D
+def _direct_sync(video_emb: torch.Tensor, audio_emb: torch.Tensor, vshift: int) -> tuple[int, float, float]:
+    """The published calc_pdist + evaluate, loop for loop."""
+    win = vshift * 2 + 1
+    padded = torch.nn.functional.pad(audio_emb, (0, 0, vshift, vshift))
+    dists = [torch.nn.functional.pairwise_distance(video_emb[[i], :].repeat(win, 1), padded[i:i + win, :])
+             for i in range(len(video_emb))]
+    mdist = torch.mean(torch.stack(dists, 1), 1)
+    minval, minidx = torch.min(mdist, 0)
+    return vshift - int(minidx), float(torch.median(mdist) - minval), float(minval)
+
+
+@pytest.mark.parametrize("n,vshift", [(40, 15), (7, 15), (20, 3)])
+def test_sync_offset_search_matches_direct_implementation(n, vshift):
+    g = torch.Generator().manual_seed(n)
+    v, a = torch.randn(n, 32, generator=g), torch.randn(n, 32, generator=g)
+    got, exp = sync_scores(v, a, vshift), _direct_sync(v, a, vshift)
+    assert got[0] == exp[0]
+    assert got[1] == pytest.approx(exp[1], rel=1e-5, abs=1e-6)
+    assert got[2] == pytest.approx(exp[2], rel=1e-5)
+
+
+def test_sync_finds_a_planted_offset():
+    g = torch.Generator().manual_seed(0)
+    v = torch.randn(40, 16, generator=g)
+    a = torch.randn(40, 16, generator=g)
+    a[3:] = v[:-3] + 0.01 * torch.randn(37, 16, generator=g)  # audio embedding i+3 matches video window i
+    offset, conf, dist = sync_scores(v, a, 15)
+    assert offset == -3 and conf > 1.0 and dist < 2.0
+
+
+def test_mfcc_matches_python_speech_features():
+    # reference values: python_speech_features 0.6 `mfcc(int16 signal, 16000)` rows 0, 10, 40 (computed once)
+    t = np.arange(8000) / 16000
+    x = ((0.3 * np.sin(2 * np.pi * 220 * t) + 0.2 * np.sin(2 * np.pi * 1250 * t * (1 + t))) * 32768).astype(np.int16)
+    expected = np.array([
+        [20.8296, 11.3428, -19.3153, -13.401, 19.7215, 26.8002, -10.6357, -48.0493, -40.3983, -9.3256, -2.689,
+         -24.891, -36.1636],
+        [21.1625, 13.0383, -25.8815, -8.3988, 26.9632, 10.3415, -37.2872, -43.2189, -8.3597, -2.0911, -33.6915,
+         -45.1633, -16.6117],
+        [21.8911, 1.6074, -21.3033, 30.9763, 22.4876, -33.1194, -10.7535, 17.7866, -29.2213, -43.3031, 0.1827,
+         -7.8485, -36.3292]])
+    got = mfcc(x)
+    assert got.shape == (13, 49)  # 100 Hz
+    np.testing.assert_allclose(got[:, [0, 10, 40]].T, expected, atol=2e-3)
+
+
+def test_mouth_crop_follows_face_keypoints():
+    from mmgt.pose.layout import FACE, NUM_KEYPOINTS
+
+    frames = torch.zeros(3, 3, 128, 128)
+    frames[:, 1, 60:100, 30:70] = 255.0  # a green "face" at x 30..70, y 60..100
+    kp = np.zeros((3, NUM_KEYPOINTS, 3), np.float32)
+    xs, ys = np.meshgrid(np.linspace(32, 68, 10), np.linspace(62, 98, 10))
+    kp[:, list(FACE), 0] = xs.ravel()[: len(FACE)]
+    kp[:, list(FACE), 1] = ys.ravel()[: len(FACE)]
+    kp[:, list(FACE), 2] = 1.0
+    crops = crop_faces(frames, face_track(kp))
+    assert crops.shape == (3, 3, 224, 224)
+    assert crops[:, 1, 40:100, 70:150].mean() > 250  # the face fills the upper-middle of the crop
+    assert crops[:, 1, 200:, :20].max() < 120  # below-left: background / grey padding
+
+
+# ---------------------------------------------------------------- the suite
+def test_identical_videos_give_ideal_values_and_randinit_names():
+    suite = MetricSuite(allow_random_weights=True, **FAST)
+    assert suite.names == ["psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "fvd_num_clips",
+                           "sync_c_randinit", "sync_d_randinit", "sync_offset_randinit", "sync_padded_clips"]
+    _, ref = _videos(2, b=2, t=5)
+    audio = torch.randn(2, 5 * 640) * 0.1
+    suite.update(ref, ref.clone(), audio=audio)
+    out = suite.compute()
+    assert out["psnr"] == 100.0  # the cap
+    assert out["ssim"] == pytest.approx(1.0, abs=1e-6)
+    assert out["lpips_randinit"] == pytest.approx(0.0, abs=1e-6)
+    assert out["fvd_r16_8f_randinit"] == pytest.approx(0.0, abs=1e-6)
+    assert out["fvd_num_clips"] == 2  # 5-frame videos padded to one 8-frame clip each, not dropped
+    assert np.isfinite(out["sync_c_randinit"]) and out["sync_d_randinit"] > 0
+    assert out["sync_padded_clips"] == 2  # 5 frames < 5 + 1: padded to one window, scored
+    # and the random-init FVD is informative: different videos are far apart
+    fvd = suite.metrics["fvd"]
+    fvd.reset()
+    fvd.update(ref, ref * 0.2 - 0.7)
+    assert float(fvd.compute()) > 0.1
+
+
+def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, gen, ref, audio) -> None:
+    import torch.distributed as dist
+
+    torch.set_num_threads(1)  # two ranks on a 2-core machine
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=world)
+    suite = MetricSuite(allow_random_weights=True, **FAST)
+    shard = [slice(0, 3), slice(3, 4)][rank]  # uneven shards
+    suite.update(gen[shard], ref[shard], audio=audio[shard])
+    out = suite.compute()
+    if rank == 0:
+        Path(out_file).write_text(json.dumps(out))
+    dist.destroy_process_group()
+
+
+def test_same_values_with_one_and_two_ddp_ranks(tmp_path):
+    gen, ref = _videos(5, b=4, t=6)
+    audio = torch.randn(4, 6 * 640) * 0.1
+    single = MetricSuite(allow_random_weights=True, **FAST)
+    single.update(gen[:2], ref[:2], audio=audio[:2])
+    single.update(gen[2:], ref[2:], audio=audio[2:])
+    expected = single.compute()
+    out_file = tmp_path / "ddp.json"
+    # fork: the ranks inherit the imported modules (a spawned rank would pay ~10 s of imports); each rank uses one
+    # thread, as DataLoader workers do after a fork
+    mp.start_processes(_ddp_worker, args=(2, str(tmp_path / "store"), str(out_file), gen, ref, audio), nprocs=2,
+                       join=True, start_method="fork")
+    got = json.loads(out_file.read_text())
+    assert got.keys() == expected.keys()
+    for k, v in expected.items():
+        # float32 network outputs may differ in the last bits with another thread count / batch split
+        assert got[k] == pytest.approx(v, rel=1e-4, abs=1e-9), k
+
+
+# ---------------------------------------------------------------- weight files
+def test_published_key_layouts_load_from_files(tmp_path):
+    torch.manual_seed(0)
+    i3d = InceptionI3d(400).eval()
+    sd = {k: v for k, v in i3d.state_dict().items() if not k.endswith("num_batches_tracked")}  # as TF-converted
+    for key in ("Conv3d_1a_7x7.conv3d.weight", "Mixed_3b.b1b.bn.running_var", "Mixed_5c.b3b.conv3d.weight",
+                "logits.conv3d.bias"):
+        assert key in sd
+    assert sd["Conv3d_1a_7x7.conv3d.weight"].shape == (64, 3, 7, 7, 7)
+    torch.save(sd, tmp_path / "i3d_pretrained_400.pt")
+    loaded, randinit = build_i3d(tmp_path, verify_checksums=False)  # a folder holding the published name works
+    assert not randinit
+    x = torch.rand(1, 3, 8, 16, 16) * 2 - 1
+    assert torch.allclose(loaded(x), i3d(x))
+    with pytest.raises(ChecksumMismatchError, match="a867b87a"):
+        build_i3d(tmp_path / "i3d_pretrained_400.pt")
+
+    net = SyncNet().eval()
+    sd = net.state_dict()
+    assert sd["netcnnlip.0.weight"].shape == (96, 3, 5, 7, 7) and sd["netfcaud.3.weight"].shape == (1024, 512)
+    assert sd["netcnnaud.0.weight"].shape == (64, 1, 3, 3)
+    torch.save(sd, tmp_path / "syncnet_v2.model")
+    loaded, randinit = build_syncnet(tmp_path / "syncnet_v2.model")  # no published checksum to verify
+    assert not randinit
+    aud = torch.randn(2, 1, 13, 20)
+    assert torch.allclose(loaded.forward_aud(aud), net.forward_aud(aud))
+
+
+def test_syncnet_sliding_lip_trunk_equals_per_window_forward():
+    net = build_syncnet(None, allow_random_weights=True)[0]
+    clip = torch.rand(3, 7, 224, 224) * 255
+    windows = torch.stack([clip[:, i:i + 5] for i in range(3)])
+    with torch.no_grad():
+        sliding, per_window = net.forward_lip_sliding(clip), net.forward_lip(windows)
+    # float32 sums in another order (memory format, batch): agree to 1e-5 of the embedding scale
+    torch.testing.assert_close(sliding, per_window, rtol=1e-4, atol=1e-5 * float(per_window.abs().max()))
+
+
+def test_torchscript_i3d_file_is_accepted(tmp_path):
+    class Detector(torch.nn.Module):
+        def forward(self, x: torch.Tensor, rescale: bool = True, resize: bool = True,
+                    return_features: bool = False) -> torch.Tensor:
+            assert not rescale and not resize and return_features
+            return x.mean(dim=(2, 3, 4)).repeat(1, 134)[:, :400]
+
+    torch.jit.script(Detector()).save(str(tmp_path / "i3d_torchscript.pt"))
+    fvd = FrechetVideoDistance(tmp_path / "i3d_torchscript.pt", verify_checksums=False)
+    assert fvd.name_suffix == ""
+    gen, ref = _videos(7, b=3, t=16)
+    fvd.update(gen, ref)
+    assert fvd.compute() >= 0 and fvd.num_clips == 3
+
+
+def test_missing_weight_file_error_names_file_key_and_source(tmp_path):
+    with pytest.raises(MissingMetricWeightsError) as err:
+        MetricSuite({"i3d": tmp_path / "nope.pt"}, psnr=False, ssim=False, lpips=False, sync=False)
+    msg = str(err.value)
+    assert isinstance(err.value, FileNotFoundError)
+    for part in ("nope.pt", "i3d_pretrained_400.pt", "metrics.weights.i3d", "songweige/TATS",
+                 "allow_random_weights"):
+        assert part in msg
+    with pytest.raises(MissingMetricWeightsError, match="metrics.weights.syncnet"):
+        MetricSuite({}, psnr=False, ssim=False, lpips=False, fvd=False)
+
+
+# ---------------------------------------------------------------- CLI
+def _write_pair_folders(root: Path) -> None:
+    from mmgt.data.video_io import write_video
+
+    rng = np.random.default_rng(0)
+    (root / "gen").mkdir(parents=True)
+    (root / "ref").mkdir()
+    for i in range(2):
+        ref = rng.integers(0, 255, (16, 32, 32, 3), dtype=np.uint8)
+        audio = (rng.standard_normal(16 * 640) * 0.1).astype(np.float32)
+        write_video(root / "ref" / f"clip{i}.mp4", ref, audio=audio)
+        gen = np.clip(ref.astype(int) + rng.integers(-20, 20, ref.shape), 0, 255).astype(np.uint8)
+        if i == 1:  # shorter and larger: truncated and resized, with a note
+            gen = np.repeat(np.repeat(gen[:14], 2, axis=1), 2, axis=2)
+        write_video(root / "gen" / f"clip{i}.mp4", gen)  # no audio track: the reference's is used
+    write_video(root / "gen" / "extra.mp4", ref)
+    kp = np.zeros((16, 134, 3), np.float32)  # face keypoints for clip0 locate the Sync-C/D crop
+    kp[:, 24:92] = (16.0, 16.0, 1.0)
+    kp[:, 24:92, :2] += rng.uniform(-6, 6, (16, 68, 2))
+    np.save(root / "ref" / "clip0.npy", kp)
+
+
+def test_evaluate_cli_over_two_folders(tmp_path):
+    from omegaconf import OmegaConf
+
+    from mmgt.evaluate import evaluate_folders
+
+    _write_pair_folders(tmp_path)
+    # the unmatched "extra.mp4" fails the run before any metric is built
+    cfg = OmegaConf.create({"generated": str(tmp_path / "gen"), "reference": str(tmp_path / "ref"),
+                            "allow_missing": False})
+    assert evaluate_folders(cfg) == 1
+
+    out = tmp_path / "run"
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "MMGT_ROOT": str(tmp_path)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "mmgt.evaluate", f"generated={tmp_path / 'gen'}", f"reference={tmp_path / 'ref'}",
+         "allow_missing=true", "metrics.allow_random_weights=true", "metrics.fvd.resize=16",
+         "metrics.fvd.clip_frames=8", f"hydra.run.dir={out}"],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads((out / "metrics.json").read_text())
+    assert report["pairs"] == ["clip0", "clip1"] and report["only_generated"] == ["extra"]
+    notes = " ".join(report["notes"])
+    assert "truncated to 14" in notes and "resized" in notes
+    m = report["metrics"]
+    assert {"psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "sync_c_randinit", "sync_d_randinit"} <= set(m)
+    assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
+    assert (out / "metrics.csv").read_text().startswith("metric,value\npsnr,")
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    import csv
+
+    per_video = list(csv.DictReader((out / "per_video.csv").read_text().splitlines()))
+    assert [r["video"] for r in per_video] == ["clip0", "clip1"] and per_video[1]["frames"] == "14"
+    assert np.mean([float(r["psnr"]) for r in per_video]) == pytest.approx(m["psnr"], rel=1e-6)
+    assert np.mean([float(r["sync_d_randinit"]) for r in per_video]) == pytest.approx(m["sync_d_randinit"], rel=1e-5)
+    assert "psnr" in proc.stdout
