@@ -1,0 +1,1 @@
+"""LightningModules: training logic for the two stages (architecture lives in ``mmgt.models``)."""

@@ -1,0 +1,234 @@
+"""``SMGAModule``: training logic of stage 1 (audio -> poses); the network is :class:`mmgt.models.smga.GestureDecoder`.
+
+What lives here (and nothing architectural):
+
+- training: x0-prediction diffusion step (:class:`~mmgt.models.gesture_diffusion.GestureDiffusion`, per-sample
+  audio dropout for classifier-free guidance) and the configured loss (``loss`` group, :class:`SMGALoss`);
+- an EMA copy of the network (``torch.optim.swa_utils.AveragedModel``, decay with the usual (1+n)/(10+n)
+  warm-up so short CPU runs do not validate a near-random average); it is saved in checkpoints (resume keeps it)
+  and used for validation sampling and :meth:`SMGAModule.sample_poses`;
+- validation/test: loss on every batch, DDIM + CFG sampling of the first ``sampling.val_batches`` batches,
+  gesture metrics (:class:`~mmgt.metrics.gesture.GestureMetrics`: per-region keypoint L2, random-projection
+  FGD, diversity, beat alignment) and, on rank 0, a TensorBoard video: ground truth | generated | region masks of
+  the generated poses (face red, lips green, hands blue, as :class:`~mmgt.pose.masks.RegionMaskBuilder` derives
+  them for stage 2).
+
+All constructor arguments arrive as DictConfigs (``_recursive_=False``) and are stored as plain dicts, so
+checkpoints load with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+from torch.optim.swa_utils import AveragedModel
+
+from mmgt.losses.smga import SMGALoss
+from mmgt.metrics.gesture import GestureMetrics
+from mmgt.models.gesture_diffusion import GestureDiffusion
+from mmgt.models.smga import GestureDecoder, GestureDecoderConfig
+from mmgt.pose.layout import PoseNormalizer, visibility
+from mmgt.utils.config import instantiate_partial, to_plain
+
+log = logging.getLogger(__name__)
+
+DEFAULT_SAMPLING = {"steps": 50, "eta": 1.0, "guidance": 2.0, "overlap": 0, "val_steps": 20, "val_batches": 1,
+                    "seed": 0}
+DEFAULT_EMA = {"enabled": True, "decay": 0.9999, "warmup": True}
+DEFAULT_VIDEO = {"enabled": True, "size": 128, "max_frames": 100,
+                 "masks": {"mode": "boxes", "branches": {"face": "face", "lips": "lips", "hands": "hands"},
+                           "blur": {}, "face_includes_hands": False}}
+DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 2e-4, "weight_decay": 0.02}
+
+
+def _merge(default: Mapping[str, Any], given: Any) -> dict[str, Any]:
+    out = dict(default)
+    out.update(to_plain(given) or {})
+    return out
+
+
+def ema_multi_avg_fn(decay: float, warmup: bool):  # type: ignore[no-untyped-def]
+    """``AveragedModel`` multi_avg_fn: in-place EMA (foreach lerp) with decay ``min(decay, (1+n)/(10+n))``."""
+    def fn(avg: list[torch.Tensor], new: list[torch.Tensor], n: torch.Tensor | int) -> None:
+        d = min(decay, (1.0 + float(n)) / (10.0 + float(n))) if warmup else decay
+        torch._foreach_lerp_(avg, new, 1.0 - d)
+
+    return fn
+
+
+class SMGAModule(L.LightningModule):
+    """Stage-1 training/validation/sampling around a :class:`GestureDecoder`."""
+
+    def __init__(self, net: Any, loss: Any = None, optim: Any = None, scheduler: Any = None, sampling: Any = None,
+                 ema: Any = None, diffusion: Any = None, video: Any = None, metrics: Any = None,
+                 data_info: Any = None) -> None:
+        super().__init__()
+        info = to_plain(data_info) or {}
+        net_cfg = {k: v for k, v in (to_plain(net) or {}).items() if not str(k).startswith("_")}
+        if info.get("audio_feature_dim"):
+            net_cfg["audio_dim"] = int(info["audio_feature_dim"])
+        if "max_len" not in net_cfg and info.get("window"):
+            net_cfg["max_len"] = int(info["window"])
+        loss_cfg = to_plain(loss) or {}
+        self.save_hyperparameters({
+            "net": net_cfg, "loss": loss_cfg, "optim": to_plain(optim) or dict(DEFAULT_OPTIM),
+            "scheduler": to_plain(scheduler), "sampling": _merge(DEFAULT_SAMPLING, sampling),
+            "ema": _merge(DEFAULT_EMA, ema), "diffusion": to_plain(diffusion) or {},
+            "video": _merge(DEFAULT_VIDEO, video), "metrics": to_plain(metrics) or {}, "data_info": info,
+        })
+        hp = self.hparams
+        self.net = GestureDecoder(GestureDecoderConfig.from_dict(net_cfg))
+        self.diffusion = GestureDiffusion(**hp.diffusion)
+        self.loss_fn = (instantiate_partial(loss_cfg) if "_target_" in loss_cfg else SMGALoss(**loss_cfg))
+        self.ema: AveragedModel | None = None
+        if hp.ema["enabled"]:
+            avg = ema_multi_avg_fn(float(hp.ema["decay"]), bool(hp.ema["warmup"]))
+            self.ema = AveragedModel(self.net, multi_avg_fn=avg)
+            self.ema.requires_grad_(False)
+        self._ema_step = -1
+        self.val_metrics = GestureMetrics(**{k: v for k, v in hp.metrics.items() if k in ("feature_dim",
+                                                                                        "beat_sigma", "hop")})
+        norm = info.get("normalizer") or {}
+        fs = info.get("frame_size") or (512, 512)
+        self.frame_size = (int(fs[0]), int(fs[1]))
+        self.normalizer = PoseNormalizer(int(norm.get("width", fs[1])), int(norm.get("height", fs[0])),
+                                         float(norm.get("margin", 0.5)), bool(norm.get("legacy", False)))
+        self.fps = float(info.get("fps", 25.0))
+
+    # ------------------------------------------------------------------------------------------- helpers
+
+    @property
+    def sampling_net(self) -> nn.Module:
+        """The EMA network when enabled, else the trained one."""
+        return self.ema.module if self.ema is not None else self.net
+
+    def configure_optimizers(self) -> Any:
+        opt = instantiate_partial(self.hparams.optim)(params=[p for p in self.net.parameters() if p.requires_grad])
+        sched_cfg = self.hparams.scheduler
+        if not sched_cfg:
+            return opt
+        sched_cfg = dict(sched_cfg)
+        interval = sched_cfg.pop("interval", "step")
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": instantiate_partial(sched_cfg)(optimizer=opt),
+                                                   "interval": interval}}
+
+    def _loss(self, net: nn.Module, batch: Mapping[str, Any], generator: torch.Generator | None = None
+              ) -> dict[str, torch.Tensor]:
+        x0, cond = batch["poses"], batch["cond_pose"]
+        pred, _ = self.diffusion.training_pair(net, x0, batch["audio_feat"], cond, generator)
+        return self.loss_fn(pred, x0, batch["vis"], cond, visibility(cond))
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
+        terms = self._loss(self.net, batch)
+        bs = batch["poses"].shape[0]
+        self.log("train/loss", terms["loss"], prog_bar=True, batch_size=bs)
+        self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
+        return terms["loss"]
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        # once per optimizer step (gradient accumulation runs several batches per step)
+        if self.global_step != self._ema_step:
+            self.update_ema()
+            self._ema_step = self.global_step
+
+    def update_ema(self) -> None:
+        """Fold the current weights into the EMA copy (no-op without EMA); ``AveragedModel`` copies buffers (the
+        audio BatchNorm's running statistics) instead of averaging them."""
+        if self.ema is not None:
+            self.ema.update_parameters(self.net)
+
+    # ------------------------------------------------------------------------------------------- sampling
+
+    @torch.no_grad()
+    def sample_poses(self, audio_feat: torch.Tensor, cond_pose: torch.Tensor, steps: int | None = None,
+                     eta: float | None = None, guidance: float | None = None, overlap: int | None = None,
+                     generator: torch.Generator | None = None, use_ema: bool = True) -> torch.Tensor:
+        """Normalised poses (B, L, 134, 3) for audio features (B, L, F) of any length, from ``cond_pose``."""
+        s = self.hparams.sampling
+        net = self.sampling_net if use_ema else self.net
+        was_training = net.training
+        net.eval()
+        try:
+            cfg = self.net.cfg
+            return self.diffusion.sample(
+                net, audio_feat, cond_pose, window=cfg.max_len, num_keypoints=cfg.num_keypoints,
+                channels=cfg.channels, overlap=s["overlap"] if overlap is None else overlap,
+                steps=s["steps"] if steps is None else steps, eta=s["eta"] if eta is None else eta,
+                guidance=s["guidance"] if guidance is None else guidance, generator=generator)
+        finally:
+            net.train(was_training)
+
+    # ------------------------------------------------------------------------------------------- evaluation
+
+    def _eval_step(self, batch: Mapping[str, Any], batch_idx: int, prefix: str) -> None:
+        bs = batch["poses"].shape[0]
+        gen = torch.Generator(device=self.device).manual_seed(int(self.hparams.sampling["seed"]) + batch_idx)
+        terms = self._loss(self.sampling_net, batch, gen)
+        self.log(f"{prefix}/loss", terms["loss"], batch_size=bs, sync_dist=True, prog_bar=prefix == "val")
+        for k in ("pos", "vel", "face_pos", "lips_pos"):
+            self.log(f"{prefix}/loss_{k}", terms[k], batch_size=bs, sync_dist=True)
+        s = self.hparams.sampling
+        if batch_idx >= int(s["val_batches"]):
+            return
+        poses = self.sample_poses(batch["audio_feat"], batch["cond_pose"], steps=int(s["val_steps"]), generator=gen)
+        self.val_metrics.update(poses, batch["poses"], batch["vis"], batch.get("audio"))
+        if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.video["enabled"]:
+            self._log_video(f"{prefix}/pose_video", batch, poses)
+
+    def _epoch_end(self, prefix: str) -> None:
+        if self.val_metrics.l2.update_count == 0:
+            return
+        for k, v in self.val_metrics.compute().items():
+            if torch.isfinite(v):
+                self.log(f"{prefix}/{k}", v)
+        self.val_metrics.reset()
+
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "val")
+
+    def on_validation_epoch_end(self) -> None:
+        self._epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        self._eval_step(batch, batch_idx, "test")
+
+    def on_test_epoch_end(self) -> None:
+        self._epoch_end("test")
+
+    # ------------------------------------------------------------------------------------------- media
+
+    def render_panel(self, gt: torch.Tensor, gen: torch.Tensor) -> np.ndarray:
+        """(N, 134, 3) normalised GT and generated poses -> (N, S, 3S+4, 3) uint8: GT | generated | masks."""
+        from mmgt.callbacks.media import side_by_side
+        from mmgt.pose.masks import RegionMaskBuilder
+        from mmgt.pose.render import render_pose
+
+        v = self.hparams.video
+        h, w = self.frame_size
+        size = int(v["size"])
+        scale = size / max(h, w)
+        canvas = (int(round(h * scale)), int(round(w * scale)))
+        gt_px, gen_px = self.normalizer.denormalize(gt.float().cpu()), self.normalizer.denormalize(gen.float().cpu())
+        gt_img = render_pose(gt_px, *canvas, scale=scale)
+        gen_img = render_pose(gen_px, *canvas, scale=scale)
+        builder = RegionMaskBuilder(v["masks"])
+        masks = builder(gen_px, (h, w), canvas, n_levels=1)["masks"].clamp(0, 1).numpy()  # (K, N, H, W)
+        overlay = gen_img.astype(np.float32) * 0.5
+        for i in range(min(3, masks.shape[0])):
+            overlay[..., i] = np.maximum(overlay[..., i], masks[i] * 255.0)
+        return side_by_side(gt_img, gen_img, overlay.clip(0, 255).astype(np.uint8))
+
+    def _log_video(self, tag: str, batch: Mapping[str, Any], poses: torch.Tensor) -> None:
+        from mmgt.callbacks.media import log_video
+
+        n = int(self.hparams.video["max_frames"])
+        panel = self.render_panel(batch["poses"][0, :n], poses[0, :n])
+        log_video(self.loggers, tag, panel, step=self.global_step, fps=self.fps)

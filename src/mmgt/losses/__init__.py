@@ -1,0 +1,1 @@
+"""Training losses (plain ``nn.Module``s configured by the ``loss`` config group)."""

@@ -1,0 +1,221 @@
+"""Stage-1 gesture metrics as torchmetrics ``Metric``s (DDP-safe: states are summed or concatenated).
+
+Protocol (all on *normalised* poses from the DataModule, x, y in [-1, 1]; with the default normaliser one
+unit = one frame side, so L2 values read as fractions of the frame size):
+
+* :class:`KeypointL2` — mean Euclidean distance between generated and ground-truth keypoints, per region
+  (face, lips, hands, body without knees/ankles), over keypoints visible in the ground truth.
+* :class:`FrechetGestureDistance` — "FGD-style": Fréchet distance (float64) between Gaussian fits of
+  pose-sequence features. The feature extractor is a **fixed random projection** (seeded, no training):
+  per sequence, the x, y of all keypoints relative to the neck → [temporal mean, temporal std, mean absolute
+  velocity] (804-d) → a fixed Gaussian random projection to ``dim`` (default 32). It is *not* the FGD of the
+  literature (which uses a trained motion autoencoder) and is logged as ``fgd_randproj`` to say so; it compares
+  runs with each other, not with published numbers.
+* :class:`GestureDiversity` — mean pairwise L2 distance between the same features of generated sequences.
+* :class:`BeatAlignment` — Bailando/AIST++ beat-align score: for each audio onset, exp(-d²/2σ²) with d the
+  distance (frames) to the nearest motion beat (local minimum of smoothed keypoint speed); averaged over onsets.
+  Audio onsets are peaks of the positive log-RMS flux of the waveform at 25 fps (640 samples per frame).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torchmetrics import Metric
+from torchmetrics.utilities import dim_zero_cat
+
+from mmgt.metrics.frechet import frechet_distance_from_features
+from mmgt.pose.layout import BODY, FACE, HANDS, LEG_POINTS, LIPS
+
+REGIONS: dict[str, tuple[int, ...]] = {
+    "face": FACE,
+    "lips": LIPS,
+    "hands": HANDS,
+    "body": tuple(i for i in BODY if i not in LEG_POINTS),
+}
+NECK = 1
+FEATURE_SEED = 20240531
+
+
+class KeypointL2(Metric):
+    """Mean keypoint L2 per region; ``compute()`` -> {region: value}."""
+
+    full_state_update = False
+
+    def __init__(self, regions: dict[str, tuple[int, ...]] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.regions = dict(regions or REGIONS)
+        for name in self.regions:
+            self.add_state(f"sum_{name}", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+            self.add_state(f"n_{name}", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, vis: torch.Tensor | None = None) -> None:
+        """``pred``/``target`` (B, N, K, >=2), ``vis`` (B, N, K) bool (default: all)."""
+        dist = (pred[..., :2].double() - target[..., :2].double()).norm(dim=-1)
+        vis = torch.ones_like(dist, dtype=torch.bool) if vis is None else vis.to(torch.bool)
+        for name, idx in self.regions.items():
+            m = vis[..., list(idx)]
+            setattr(self, f"sum_{name}", getattr(self, f"sum_{name}") + (dist[..., list(idx)] * m).sum())
+            setattr(self, f"n_{name}", getattr(self, f"n_{name}") + m.sum())
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        return {name: (getattr(self, f"sum_{name}") / getattr(self, f"n_{name}").clamp(min=1)).float()
+                for name in self.regions}
+
+
+def _projection(in_dim: int, dim: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(FEATURE_SEED)
+    return torch.randn(in_dim, dim, generator=g, dtype=torch.float64) / in_dim ** 0.5
+
+
+def sequence_features(poses: torch.Tensor, dim: int = 32) -> torch.Tensor:
+    """(B, N, K, >=2) poses -> (B, dim) fixed random-projection features (see module docstring)."""
+    xy = poses[..., :2].double()
+    xy = xy - xy[:, :, NECK:NECK + 1]
+    vel = (xy[:, 1:] - xy[:, :-1]).abs().mean(1) if xy.shape[1] > 1 else torch.zeros_like(xy[:, 0])
+    stats = torch.cat([xy.mean(1).flatten(1), xy.std(1, unbiased=False).flatten(1), vel.flatten(1)], dim=1)
+    return stats @ _projection(stats.shape[1], dim).to(stats.device)
+
+
+class FrechetGestureDistance(Metric):
+    """Fréchet distance of random-projection sequence features, generated vs real (see module docstring)."""
+
+    full_state_update = False
+
+    def __init__(self, dim: int = 32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.add_state("real", default=[], dist_reduce_fx="cat")
+        self.add_state("fake", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        self.fake.append(sequence_features(pred, self.dim))
+        self.real.append(sequence_features(target, self.dim))
+
+    def compute(self) -> torch.Tensor:
+        real, fake = dim_zero_cat(self.real), dim_zero_cat(self.fake)
+        if len(real) < 2 or len(fake) < 2:
+            return torch.tensor(float("nan"))
+        return torch.tensor(frechet_distance_from_features(real, fake), dtype=torch.float32)
+
+
+class GestureDiversity(Metric):
+    """Mean pairwise L2 distance between sequence features of generated samples (higher = more varied)."""
+
+    full_state_update = False
+
+    def __init__(self, dim: int = 32, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.dim = dim
+        self.add_state("feats", default=[], dist_reduce_fx="cat")
+
+    def update(self, pred: torch.Tensor) -> None:
+        self.feats.append(sequence_features(pred, self.dim))
+
+    def compute(self) -> torch.Tensor:
+        f = dim_zero_cat(self.feats)
+        n = f.shape[0]
+        if n < 2:
+            return torch.tensor(float("nan"))
+        d = torch.cdist(f, f)
+        return (d.sum() / (n * (n - 1))).float()
+
+
+def audio_onsets(audio: torch.Tensor, hop: int = 640) -> torch.Tensor:
+    """(B, n*hop) waveform -> (B, n) bool onsets: peaks of positive log-RMS flux above mean + 0.5 std."""
+    b = audio.shape[0]
+    n = audio.shape[1] // hop
+    rms = audio[:, :n * hop].double().view(b, n, hop).pow(2).mean(-1).sqrt()
+    flux = F.relu(torch.diff(torch.log(rms + 1e-4), dim=1, prepend=torch.log(rms[:, :1] + 1e-4)))
+    pad = F.pad(flux, (1, 1), value=-1.0)
+    peak = (flux > pad[:, :-2]) & (flux >= pad[:, 2:])
+    thr = flux.mean(1, keepdim=True) + 0.5 * flux.std(1, keepdim=True)
+    return peak & (flux > thr)
+
+
+def motion_beats(poses: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
+    """(B, N, K, >=2) poses -> (B, N) bool motion beats: local minima of Gaussian-smoothed mean keypoint speed."""
+    idx = list(REGIONS["body"]) + list(HANDS)
+    xy = poses[:, :, idx, :2].double()
+    speed = (xy[:, 1:] - xy[:, :-1]).norm(dim=-1).mean(-1)
+    speed = torch.cat([speed[:, :1], speed], dim=1)  # frame i's speed = |p_i - p_{i-1}|
+    if smooth > 0:
+        r = max(1, int(round(3 * smooth)))
+        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / smooth) ** 2).to(speed.device)
+        speed = F.conv1d(F.pad(speed[:, None], (r, r), mode="replicate"), (k / k.sum()).view(1, 1, -1))[:, 0]
+    # strict minima (tolerance for round-off on plateaus); the first and last frames are never beats
+    tol = 1e-6 * speed.abs().amax(1, keepdim=True).clamp(min=1e-12)
+    pad = F.pad(speed, (1, 1), value=float("-inf"))
+    return (speed < pad[:, :-2] - tol) & (speed < pad[:, 2:] - tol)
+
+
+class BeatAlignment(Metric):
+    """Beat-align score of poses vs the audio they were generated for (higher = motion beats on onsets)."""
+
+    full_state_update = False
+
+    def __init__(self, sigma: float = 3.0, hop: int = 640, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.sigma, self.hop = sigma, hop
+        self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    def update(self, poses: torch.Tensor, audio: torch.Tensor) -> None:
+        """``poses`` (B, N, K, C), ``audio`` (B, >= N*hop) waveform aligned with the poses."""
+        n = poses.shape[1]
+        onsets = audio_onsets(audio[:, :n * self.hop], self.hop)
+        beats = motion_beats(poses)
+        frames = torch.arange(n, device=poses.device, dtype=torch.float64)
+        for on, bt in zip(onsets, beats):
+            if not on.any() or not bt.any():
+                continue
+            d = (frames[on][:, None] - frames[bt][None]).abs().amin(1)
+            self.score += torch.exp(-(d ** 2) / (2 * self.sigma ** 2)).sum()
+            self.count += on.sum()
+
+    def compute(self) -> torch.Tensor:
+        return (self.score / self.count.clamp(min=1)).float()
+
+
+class GestureMetrics(torch.nn.Module):
+    """The stage-1 metric set; ``update`` with a batch of generated and real poses, ``compute`` -> flat dict.
+
+    Keys: ``l2_face, l2_lips, l2_hands, l2_body, fgd_randproj, diversity, diversity_real, beat_align,
+    beat_align_real``.
+    """
+
+    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = 640) -> None:
+        super().__init__()
+        self.l2 = KeypointL2()
+        self.fgd = FrechetGestureDistance(feature_dim)
+        self.diversity = GestureDiversity(feature_dim)
+        self.diversity_real = GestureDiversity(feature_dim)
+        self.beat = BeatAlignment(beat_sigma, hop)
+        self.beat_real = BeatAlignment(beat_sigma, hop)
+
+    def update(self, pred: torch.Tensor, target: torch.Tensor, vis: torch.Tensor | None = None,
+               audio: torch.Tensor | None = None) -> None:
+        pred, target = pred.float(), target.float()
+        self.l2.update(pred, target, vis)
+        self.fgd.update(pred, target)
+        self.diversity.update(pred)
+        self.diversity_real.update(target)
+        if audio is not None:
+            self.beat.update(pred, audio)
+            self.beat_real.update(target, audio)
+
+    def compute(self) -> dict[str, torch.Tensor]:
+        out = {f"l2_{k}": v for k, v in self.l2.compute().items()}
+        out["fgd_randproj"] = self.fgd.compute()
+        out["diversity"] = self.diversity.compute()
+        out["diversity_real"] = self.diversity_real.compute()
+        if self.beat.update_count > 0:
+            out["beat_align"] = self.beat.compute()
+            out["beat_align_real"] = self.beat_real.compute()
+        return out
+
+    def reset(self) -> None:
+        for m in (self.l2, self.fgd, self.diversity, self.diversity_real, self.beat, self.beat_real):
+            m.reset()

@@ -1,0 +1,156 @@
+"""Gesture diffusion (reference notes §2.4, §2.6): cosine schedule, x0-prediction, DDIM with η, CFG, windows.
+
+The math is small enough to write out (and is tested against diffusers' ``DDIMScheduler`` with
+``beta_schedule="squaredcos_cap_v2", prediction_type="sample", timestep_spacing="trailing"``): we keep it here
+because the original clips x̂0 to [-1, 1] *before* deriving ε̂ from it, which the diffusers step does not do,
+and because a stateless sampler is simpler to batch with classifier-free guidance and window chaining.
+
+Long audio: :meth:`GestureDiffusion.sample` cuts any length into windows of at most ``window`` frames, each
+conditioned on the generated frame just before it (the original used frame 59 of an 80-frame window, a bug);
+windows may overlap by ``overlap`` frames, which are cross-faded linearly so joins are smooth. The last window
+is shifted back to end exactly at the last frame (full length, aligned with its audio) rather than padded.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+Denoiser = Callable[..., torch.Tensor]
+
+
+def cosine_betas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Nichol & Dhariwal cosine schedule (float64), as the original and diffusers' ``squaredcos_cap_v2``."""
+    def alpha_bar(u: float) -> float:
+        return math.cos((u + s) / (1 + s) * math.pi / 2) ** 2
+
+    return torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)],
+                        dtype=torch.float64)
+
+
+class GestureDiffusion(nn.Module):
+    """Noise schedule + training noising + DDIM/CFG sampling for an x0-predicting denoiser (no parameters)."""
+
+    def __init__(self, timesteps: int = 1000, cond_drop_prob: float = 0.25, clip_x0: bool = True,
+                 clip_range: float = 1.0) -> None:
+        super().__init__()
+        self.timesteps, self.cond_drop_prob = int(timesteps), float(cond_drop_prob)
+        self.clip_x0, self.clip_range = bool(clip_x0), float(clip_range)
+        betas = cosine_betas(self.timesteps)
+        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+
+    # ------------------------------------------------------------------------------------------- training
+
+    def _abar(self, t: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t (1 for t = -1) broadcast to ``like``."""
+        a = torch.where(t >= 0, self.alphas_cumprod[t.clamp(min=0)], torch.ones_like(self.alphas_cumprod[:1]))
+        return a.to(like.dtype).view(-1, *([1] * (like.dim() - 1)))
+
+    def q_sample(self, x0: torch.Tensor, t: torch.Tensor, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """x_t = √ᾱ_t x0 + √(1-ᾱ_t) ε."""
+        noise = torch.randn_like(x0) if noise is None else noise
+        a = self._abar(t, x0)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+
+    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None
+                         ) -> torch.Tensor:
+        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+
+    def sample_drop_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None
+                         ) -> torch.Tensor:
+        """Per-sample audio dropout for classifier-free guidance (True = drop)."""
+        return torch.rand(batch, device=device, generator=generator) < self.cond_drop_prob
+
+    def training_pair(self, net: Denoiser, x0: torch.Tensor, audio: torch.Tensor, cond_pose: torch.Tensor,
+                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``x0`` at random steps, drop audio per sample, run the net: returns (x̂0, t)."""
+        b, dev = x0.shape[0], x0.device
+        t = self.sample_timesteps(b, dev, generator)
+        noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
+        x_t = self.q_sample(x0, t, noise)
+        return net(x_t, t, audio, cond_pose, drop_audio=self.sample_drop_mask(b, dev, generator)), t
+
+    # ------------------------------------------------------------------------------------------- sampling
+
+    def ddim_timesteps(self, steps: int) -> list[tuple[int, int]]:
+        """(t, t_next) pairs from ``linspace(-1, T-1, steps+1)`` reversed: (999, 979), ..., (19, -1) for 50."""
+        ts = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long().flip(0).tolist()
+        return list(zip(ts[:-1], ts[1:]))
+
+    def predict_x0(self, net: Denoiser, x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor,
+                   cond_pose: torch.Tensor, guidance: float) -> torch.Tensor:
+        """Classifier-free guided x̂0 = u + w (c - u); conditional and unconditional passes share one batch."""
+        b = x.shape[0]
+        if guidance == 1.0:
+            return net(x, t, audio, cond_pose, drop_audio=torch.zeros(b, dtype=torch.bool, device=x.device))
+        drop = torch.cat([torch.zeros(b, dtype=torch.bool), torch.ones(b, dtype=torch.bool)]).to(x.device)
+        out = net(torch.cat([x, x]), torch.cat([t, t]), torch.cat([audio, audio]), torch.cat([cond_pose, cond_pose]),
+                  drop_audio=drop)
+        cond, uncond = out[:b], out[b:]
+        return uncond + guidance * (cond - uncond)
+
+    @torch.no_grad()
+    def ddim_sample(self, net: Denoiser, audio: torch.Tensor, cond_pose: torch.Tensor, shape: tuple[int, ...],
+                    steps: int = 50, eta: float = 1.0, guidance: float = 2.0,
+                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+        """One window: DDIM from pure noise to x0. ``shape`` = (B, N, K, C); eta=0 is deterministic."""
+        dev = audio.device
+        x = torch.randn(shape, device=dev, generator=generator) if noise is None else noise.to(dev)
+        for t_cur, t_next in self.ddim_timesteps(steps):
+            t = torch.full((shape[0],), t_cur, device=dev, dtype=torch.long)
+            x0 = self.predict_x0(net, x, t, audio, cond_pose, guidance)
+            if self.clip_x0:
+                x0 = x0.clamp(-self.clip_range, self.clip_range)
+            a = self._abar(t, x)
+            if t_next < 0:
+                x = x0
+                continue
+            a_next = self._abar(torch.full_like(t, t_next), x)
+            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
+            sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)).sqrt()
+            c = (1 - a_next - sigma ** 2).clamp(min=0).sqrt()
+            x = a_next.sqrt() * x0 + c * eps
+            if eta > 0:
+                x = x + sigma * torch.randn(x.shape, device=dev, dtype=x.dtype, generator=generator)
+        return x
+
+    @staticmethod
+    def window_starts(length: int, window: int, overlap: int = 0) -> list[int]:
+        """Window start frames covering ``length`` frames; the last window ends exactly at ``length``."""
+        if length <= window:
+            return [0]
+        stride = window - overlap
+        if stride < 1:
+            raise ValueError(f"overlap {overlap} must be smaller than the window {window}")
+        starts = list(range(0, length - window + 1, stride))
+        if starts[-1] + window < length:
+            starts.append(length - window)
+        return starts
+
+    @torch.no_grad()
+    def sample(self, net: Denoiser, audio: torch.Tensor, cond_pose: torch.Tensor, window: int,
+               num_keypoints: int = 134, channels: int = 3, overlap: int = 0, steps: int = 50, eta: float = 1.0,
+               guidance: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Poses for audio features of any length: ``audio`` (B, L, F), ``cond_pose`` (B, K, C) -> (B, L, K, C).
+
+        Window k is conditioned on the generated frame just before its start; overlapping frames are
+        cross-faded from the previous window's values to the new ones.
+        """
+        b, length, _ = audio.shape
+        out = torch.empty(b, length, num_keypoints, channels, device=audio.device, dtype=audio.dtype)
+        done = 0  # frames [0, done) are final
+        for s in self.window_starts(length, window, overlap):
+            n = min(window, length)
+            cond = cond_pose if s == 0 else out[:, s - 1]
+            x = self.ddim_sample(net, audio[:, s:s + n], cond, (b, n, num_keypoints, channels), steps, eta,
+                                 guidance, generator)
+            o = done - s  # frames of this window already produced by the previous one
+            if o > 0:
+                w = torch.arange(1, o + 1, device=x.device, dtype=x.dtype).div(o + 1).view(1, o, 1, 1)
+                out[:, s:done] = (1 - w) * out[:, s:done] + w * x[:, :o]
+            out[:, max(done, s):s + n] = x[:, max(o, 0):]
+            done = s + n
+        return out
