@@ -93,14 +93,14 @@ def test_two_simulated_nodes(synthetic_corpus: Path, tmp_path: Path) -> None:
 
 
 def test_sweep_2x2_separate_runs_and_report(synthetic_corpus: Path, tmp_path: Path) -> None:
-    sweep = tmp_path / "sweep"
-    drop = ("logger=", "callbacks=", "trainer.enable_progress_bar")
+    """The SMGA ablation preset (Lf on/off x face/body split on/off) as one `-m` run in the default sweep folder."""
+    drop = ("experiment=", "logger=", "callbacks=", "trainer.enable_progress_bar")
     overrides = [o for o in _overrides(synthetic_corpus) if not o.startswith(drop)]
-    cmd = [sys.executable, "-m", "mmgt.train", "-m", *overrides, "callbacks=default", "trainer.max_steps=2",
-           "trainer.val_check_interval=2", "loss=smga,smga_no_face", "size.smga.split_streams=true,false",
-           f"hydra.sweep.dir={sweep}", f"paths.root_dir={tmp_path}"]
+    cmd = [sys.executable, "-m", "mmgt.train", "-m", "experiment=ablation_smga", *overrides, "trainer.max_steps=2",
+           "trainer.val_check_interval=2", f"paths.root_dir={tmp_path}"]
     res = subprocess.run(cmd, cwd=REPO, env=_env(), capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    (sweep,) = (tmp_path / "outputs" / "ablation_smga" / "multiruns").iterdir()
     jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
     assert [p.name for p in jobs] == ["0", "1", "2", "3"]
     for job in jobs:
@@ -111,4 +111,5 @@ def test_sweep_2x2_separate_runs_and_report(synthetic_corpus: Path, tmp_path: Pa
     assert rep.returncode == 0, rep.stderr
     rows = (sweep / "report.csv").read_text().strip().splitlines()[1:]
     assert len(rows) == 4 and len({r.split(",")[1] for r in rows}) == 4  # four distinct variants
+    assert {"loss=smga_no_face size.smga.split_streams=false"} <= {r.split(",")[1] for r in rows}
     assert (sweep / "report.png").stat().st_size > 5000

@@ -15,4 +15,14 @@ def conf_dir() -> str:
     return str(path)
 
 
+def register_resolvers() -> None:
+    """``${mmgt.cwd:}``: the launch directory. Used instead of ``${hydra:runtime.cwd}``, which cannot be resolved
+    where Hydra computes ``hydra.sweep.dir`` for ``-m`` runs (no HydraConfig yet) nor in ``compose()``."""
+    from omegaconf import OmegaConf
+
+    if not OmegaConf.has_resolver("mmgt.cwd"):
+        OmegaConf.register_new_resolver("mmgt.cwd", os.getcwd)
+
+
 CONF_DIR = conf_dir()
+register_resolvers()

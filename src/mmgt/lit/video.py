@@ -1,0 +1,404 @@
+"""``VideoModule``: training logic of the stage-2 video diffusion model (sub-stages A and B).
+
+The architecture is :class:`mmgt.models.video.VideoNet`; this module only decides *what* is trained and *how*:
+
+- sub-stage ``a`` (image model): single frames, no audio; trainable groups e.g. denoising UNet, reference UNet,
+  pose guider (+ the tiny conv image encoder). Sub-stage ``b`` (temporal + audio): N-frame windows; trainable
+  groups motion modules, audio modules, audio projection; the rest comes frozen from a stage-A checkpoint
+  (``init_from``, loaded with ``weights_only=True``). Groups are named in the config (``model.trainable``);
+  every other parameter is frozen (``requires_grad=False``, so its ``.grad`` stays None).
+- diffusion: one diffusers ``DDIMScheduler`` (v-prediction, zero-terminal-SNR, trailing spacing) used for the
+  training targets *and* for sampling, so the two can never disagree on the betas (the original did);
+  uniform timesteps per sample; noise offset; min-SNR-γ weighting per sample; classifier-free-guidance
+  dropout of the image and the audio condition drawn per sample (``loss.cfg_per_sample=false`` reproduces the
+  original's one draw per batch).
+- MM-HAA branch weights are explicit: ``attention.branch_weights`` is passed to every training forward, and
+  sampling uses ``sampling.branch_weights`` (null = the same weights), through the same ``VideoNet.forward``.
+- optional EMA of the *trainable* parameters only (a full copy of the frozen UNets/VAE would double memory at
+  paper size), used for validation and saved in the checkpoint; gradient checkpointing and autocast switches.
+- validation: held-out windows are generated with DDIM + CFG (context windows for clips longer than
+  ``sampling.context_frames``); PSNR/SSIM per frame against ground truth (``mmgt.metrics``), and the PSNR of
+  "copy the reference frame" (tells whether the model learned anything beyond appearance); rank 0 logs
+  ground truth | pose | masks | generated videos to TensorBoard.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import lightning as L
+import numpy as np
+import torch
+from torch import nn
+
+from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
+from mmgt.utils.config import to_plain
+
+log = logging.getLogger(__name__)
+
+STAGES = ("a", "b")
+DEFAULT_TRAINABLE = {
+    "a": ["denoising_unet", "reference_unet", "pose_guider", "image_encoder"],
+    "b": ["motion_modules", "audio_modules", "audio_proj"],
+}
+
+
+def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float | None,
+                plus_one: bool = True) -> torch.Tensor:
+    """Per-sample min-SNR-γ weights for a v-prediction loss.
+
+    ``plus_one`` (the original, via Moore-AnimateAnyone): min(SNR+1, γ)/(SNR+1), which keeps weight 1 at the
+    zero-SNR terminal step; otherwise the Min-SNR paper's v form min(SNR, γ)/(SNR+1) (weight 0 there).
+    ``gamma`` None/0 disables the weighting (all ones).
+    """
+    a = alphas_cumprod.to(timesteps.device)[timesteps].float()
+    snr = a / (1 - a).clamp_min(1e-12)
+    if not gamma:
+        return torch.ones_like(snr)
+    num = snr + 1 if plus_one else snr
+    return num.clamp_max(float(gamma)) / (snr + 1)
+
+
+def load_net_state(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
+    """``VideoNet`` state dict from a Lightning checkpoint of this module (``net.*`` keys, EMA applied when
+    present and ``prefer_ema``) or from a plain state dict file; always ``weights_only=True`` / safetensors."""
+    p = Path(str(path)).expanduser()
+    if not p.exists():
+        raise FileNotFoundError(f"stage-A checkpoint not found: {p} (config key `model.init_from`)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: dict[str, Any] = load_file(str(p))
+    else:
+        sd = torch.load(p, map_location="cpu", weights_only=True)
+    ema = {}
+    if isinstance(sd, dict) and "state_dict" in sd:
+        full = sd["state_dict"]
+        ema = {k[len("ema."):].replace("__", "."): v for k, v in full.items() if k.startswith("ema.")}
+        sd = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
+    elif any(k.startswith("net.") for k in sd):
+        sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    if prefer_ema and ema:
+        sd.update({k: v for k, v in ema.items() if k in sd})
+    return sd
+
+
+class EMA(nn.Module):
+    """Exponential moving average of the trainable parameters only (shadows kept as buffers -> checkpointed)."""
+
+    def __init__(self, named_params: Sequence[tuple[str, nn.Parameter]], decay: float = 0.999,
+                 warmup: bool = True) -> None:
+        super().__init__()
+        self.decay, self.warmup = float(decay), bool(warmup)
+        self.names = [n for n, _ in named_params]
+        for n, p in named_params:
+            self.register_buffer(n.replace(".", "__"), p.detach().clone().float())
+        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
+
+    def shadows(self) -> list[torch.Tensor]:
+        return [getattr(self, n.replace(".", "__")) for n in self.names]
+
+    @torch.no_grad()
+    def update(self, params: Sequence[torch.Tensor]) -> None:
+        self.steps += 1
+        d = self.decay
+        if self.warmup:  # 1 - (1+n)/(10+n): fast start, as diffusers' EMAModel
+            n = float(self.steps)
+            d = min(d, (1 + n) / (10 + n))
+        torch._foreach_lerp_(self.shadows(), [p.detach().float() for p in params], 1 - d)
+
+    @contextlib.contextmanager
+    def applied(self, params: Sequence[torch.Tensor]):
+        """Temporarily copy the averages into ``params`` (e.g. for validation)."""
+        backup = [p.detach().clone() for p in params]
+        with torch.no_grad():
+            for p, s in zip(params, self.shadows()):
+                p.copy_(s.to(p.dtype))
+        try:
+            yield
+        finally:
+            with torch.no_grad():
+                for p, b in zip(params, backup):
+                    p.copy_(b)
+
+
+def _to_uint8(x: torch.Tensor) -> np.ndarray:
+    """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8."""
+    return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def mask_video(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """(K, F, h, w) region masks -> (F, 3, H, W) in [0, 1]: branches 1..3 as R, G, B (branch 0, often the whole
+    frame, is skipped when there are more than one); one branch is shown grey."""
+    k = masks.shape[0]
+    show = masks[1:4] if k > 1 else masks[:1].expand(3, *masks.shape[1:])
+    rgb = torch.zeros(3, *masks.shape[1:], device=masks.device, dtype=torch.float32)
+    rgb[:show.shape[0]] = show.float()
+    rgb = rgb.transpose(0, 1)  # (F, 3, h, w)
+    return torch.nn.functional.interpolate(rgb, size=size, mode="nearest")
+
+
+class VideoModule(L.LightningModule):
+    """Stage-2 video diffusion (MM-HAA) — sub-stage ``a`` or ``b``; see the module docstring.
+
+    Args (``conf/model/video.yaml``; sub-configs arrive as DictConfigs or dicts):
+        net: the ``size.video`` block (codec, image_encoder, unet, pose_guider, audio_proj, audio_attention).
+        attention: the ``attention`` group (``type`` none|cross|haa|mm_haa, ``blocks``, ``branch_weights``).
+        loss: the ``loss`` group (snr_gamma, snr_plus_one, noise_offset, drop_image, drop_audio, cfg_per_sample).
+        optim: AdamW settings (lr, weight_decay, betas, eps, warmup_steps).
+        substage: ``a`` or ``b`` (named so as not to clash with the DataModule's ``stage`` hparam).
+        trainable: group names to train (default by stage, see ``DEFAULT_TRAINABLE``).
+        init_from: checkpoint to initialise the net from (stage B: the stage-A ``.ckpt``); None = random init.
+        init_exclude: groups NOT taken from ``init_from`` (e.g. ``[motion_modules]`` keeps the AnimateDiff weights
+            loaded at build time instead of stage A's identity motion modules, as the original).
+        scheduler: ``make_scheduler`` kwargs (one beta schedule for training and sampling).
+        sampling: steps, guidance, context_frames, context_overlap, branch_weights (None = attention's), eta.
+        ema: {enabled, decay}.
+        validation: {max_batches: generate for this many val batches, log_media: bool, max_videos, seed}.
+        gradient_checkpointing: recompute UNet activations in backward.
+        autocast: None | "bf16" | "fp16" — autocast around the network forward.
+        load_weights: load the pretrained files named in ``net`` (False: random init, e.g. tests at full size).
+        data_info: ``datamodule.info()`` (audio_embed_shape, num_branches, frame_size, fps).
+
+    Rebuilding a trained module from its checkpoint's hparams (inference): pass ``init_from=None,
+    load_weights=False`` — every weight then comes from that checkpoint's state dict.
+    """
+
+    def __init__(self, net: Any, attention: Any = None, loss: Any = None, optim: Any = None, substage: str = "a",
+                 trainable: Sequence[str] | None = None, init_from: str | None = None, scheduler: Any = None,
+                 sampling: Any = None, ema: Any = None, validation: Any = None, gradient_checkpointing: bool = False,
+                 autocast: str | None = None, load_weights: bool = True, init_exclude: Sequence[str] | None = None,
+                 data_info: Any = None) -> None:
+        super().__init__()
+        stage = str(substage).lower()
+        if stage not in STAGES:
+            raise ValueError(f"model.substage must be one of {STAGES}, got {stage!r}")
+        if autocast not in (None, "bf16", "fp16"):
+            raise ValueError(f"model.autocast must be null, bf16 or fp16, got {autocast!r}")
+        hp = dict(net=to_plain(net), attention=to_plain(attention) or {"type": "none"}, loss=to_plain(loss) or {},
+                  optim=to_plain(optim) or {}, substage=stage,
+                  trainable=list(to_plain(trainable) or DEFAULT_TRAINABLE[stage]), init_from=init_from,
+                  scheduler=to_plain(scheduler) or {}, sampling=to_plain(sampling) or {}, ema=to_plain(ema) or {},
+                  validation=to_plain(validation) or {}, gradient_checkpointing=bool(gradient_checkpointing),
+                  autocast=autocast, load_weights=bool(load_weights),
+                  init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {})
+        hp["data_info"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp["data_info"].items()}
+        self.save_hyperparameters(hp)
+        self.substage = stage
+        att, info = hp["attention"], hp["data_info"]
+        att_type = att.get("type", "none")
+        audio_shape = info.get("audio_embed_shape") or att.get("audio_embed_shape")
+        n_branches = int(att.get("n_branches") or info.get("num_branches") or 3)
+        self.net = VideoNet(hp["net"], audio_shape if att_type != "none" else None, att_type,
+                            att.get("blocks", ["down"]), n_branches, load_weights=hp["load_weights"],
+                            key="size.video")
+        self.branch_weights = att.get("branch_weights")
+        if self.branch_weights is not None and len(self.branch_weights) != self.net.n_branches:
+            raise ValueError(f"attention.branch_weights has {len(self.branch_weights)} values, the model has "
+                             f"{self.net.n_branches} branches")
+        bad = [g for g in hp["init_exclude"] if g not in self.net.parameter_groups()]
+        if bad:
+            raise ValueError(f"model.init_exclude: unknown group(s) {bad}")
+        if init_from:
+            self.load_net(init_from)
+        self.trainable_names = self.net.set_trainable(hp["trainable"])
+        if not self.trainable_names:
+            raise ValueError(f"model.trainable={hp['trainable']} selects no parameters")
+        if hp["gradient_checkpointing"]:
+            self.net.enable_gradient_checkpointing()
+        self.scheduler = make_scheduler(**hp["scheduler"])
+        self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
+        e = hp["ema"]
+        self.ema = EMA(self._trainable_params(), e.get("decay", 0.999)) if e.get("enabled") else None
+        self._val_psnr = self._val_ssim = self._copy_psnr = None
+
+    # ------------------------------------------------------------------------------------------ setup
+    def _trainable_params(self) -> list[tuple[str, nn.Parameter]]:
+        names = set(self.trainable_names)
+        return [(n, p) for n, p in self.net.named_parameters() if n in names]
+
+    def load_net(self, path: str | Path) -> None:
+        """Initialise the net from a checkpoint; parts this net has but the checkpoint lacks (e.g. audio modules
+        added in stage B) keep their (zero) init; mismatched shapes are an error."""
+        sd = load_net_state(path, prefer_ema=bool(self.hparams.ema.get("init_from_ema", True)))
+        groups = self.net.parameter_groups()
+        skip = {n for g in self.hparams.init_exclude for n, _ in groups[g]}
+        sd = {k: v for k, v in sd.items() if k not in skip}
+        own = self.net.state_dict()
+        bad = [k for k, v in sd.items() if k in own and own[k].shape != v.shape]
+        if bad:
+            raise ValueError(f"{path} (config key `model.init_from`) does not fit this model: shape mismatch in "
+                             f"{bad[:4]}{' ...' if len(bad) > 4 else ''}")
+        missing, unexpected = self.net.load_state_dict(sd, strict=False)
+        if not sd or len(missing) == len(own):
+            raise ValueError(f"{path} (config key `model.init_from`) holds no weights of this model")
+        log.info("initialised from %s: %d tensors loaded, %d kept at init (%s...), %d ignored", path,
+                 len(own) - len(missing), len(missing), ", ".join(missing[:3]), len(unexpected))
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        o = self.hparams.optim
+        params = [p for _, p in self._trainable_params()]
+        opt = torch.optim.AdamW(params, lr=float(o.get("lr", 1e-4)), weight_decay=float(o.get("weight_decay", 0.01)),
+                                betas=tuple(o.get("betas", (0.9, 0.999))), eps=float(o.get("eps", 1e-8)))
+        warm = int(o.get("warmup_steps", 0))
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def setup(self, stage: str) -> None:
+        from mmgt.metrics import PSNR, SSIM
+
+        # the project's protocol (DESIGN §6): per frame on [0, 1] (data range 1), mean over frames, then over clips
+        self._val_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
+        self._copy_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
+        self._val_ssim = SSIM(input_range=(-1.0, 1.0)).to(self.device)
+
+    # ------------------------------------------------------------------------------------------ forward
+    def _autocast(self):
+        ac = self.hparams.autocast
+        if ac is None:
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if ac == "bf16" else torch.float16
+        return torch.autocast(self.device.type, dtype=dtype)
+
+    def _inputs(self, batch: dict[str, Any]) -> dict[str, Any]:
+        """Network conditions of a batch; stage A uses one frame and no audio."""
+        frames, pose = batch["frames"], batch["pose_images"]
+        audio = batch.get("audio_emb") if self.substage == "b" and self.net.audio_proj is not None else None
+        masks = batch.get("mask_pyramid") or batch.get("masks")
+        if self.substage == "a" and frames.shape[1] != 1:  # sub-stage A trains an image model: one frame per sample
+            frames, pose = frames[:, :1], pose[:, :1]
+        if audio is None or not self.net.masked:  # masks only gate audio branches (mm_haa)
+            masks = None
+        return dict(frames=frames, pose=pose, audio=audio, masks=masks, ref=batch["ref_frame"])
+
+    def _drops(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
+        lo = self.hparams.loss
+        n = b if lo.get("cfg_per_sample", True) else 1
+        drop_img = (torch.rand(n, device=self.device) < float(lo.get("drop_image", 0.1))).expand(b)
+        drop_aud = None
+        if self.substage == "b":
+            drop_aud = (torch.rand(n, device=self.device) < float(lo.get("drop_audio", 0.05))).expand(b)
+        return drop_img, drop_aud
+
+    def diffusion_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """v-prediction loss with noise offset, min-SNR-γ per sample and per-sample CFG dropout."""
+        x = self._inputs(batch)
+        lo = self.hparams.loss
+        net = self.net
+        latents = net.encode_frames(x["frames"])  # (B, C, F, h, w)
+        ref_lat = net.encode_frames(x["ref"])
+        b = latents.shape[0]
+        noise = torch.randn_like(latents)
+        off = float(lo.get("noise_offset", 0.0))
+        if off:
+            noise = noise + off * torch.randn(b, latents.shape[1], 1, 1, 1, device=latents.device, dtype=noise.dtype)
+        t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=latents.device)
+        noisy = self.scheduler.add_noise(latents, noise, t)
+        target = self.scheduler.get_velocity(latents, noise, t)
+        drop_img, drop_aud = self._drops(b)
+        with self._autocast():
+            emb = net.embed_reference(x["ref"])
+            pred = net(noisy, t, ref_lat, emb, x["pose"], x["audio"], x["masks"], self.branch_weights,
+                       drop_image=drop_img, drop_audio=drop_aud)
+        mse = (pred.float() - target.float()).square().flatten(1).mean(1)
+        w = snr_weights(self.alphas_cumprod, t, lo.get("snr_gamma", 5.0), bool(lo.get("snr_plus_one", True)))
+        loss = (mse * w).mean()
+        return loss, {"mse": mse.mean().detach(), "snr_weight": w.mean().detach()}
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        loss, parts = self.diffusion_loss(batch)
+        b = batch["frames"].shape[0]
+        self.log("train/loss", loss, prog_bar=True, batch_size=b)
+        self.log("train/mse", parts["mse"], batch_size=b)
+        return loss
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self.ema is not None:
+            self.ema.update([p for _, p in self._trainable_params()])
+
+    # ------------------------------------------------------------------------------------------ sampling
+    def sampler(self, **overrides: Any) -> VideoSampler:
+        s = {**self.hparams.sampling, **overrides}
+        return VideoSampler(self.net, self.scheduler, steps=int(s.get("steps", 30)),
+                            guidance=float(s.get("guidance", 3.5)), context_frames=int(s.get("context_frames", 12)),
+                            context_overlap=int(s.get("context_overlap", 4)), eta=float(s.get("eta", 0.0)))
+
+    def sample_branch_weights(self) -> list[float] | None:
+        bw = self.hparams.sampling.get("branch_weights")
+        return self.branch_weights if bw is None else bw
+
+    @torch.no_grad()
+    def generate(self, batch: dict[str, Any], generator: torch.Generator | None = None,
+                 **overrides: Any) -> torch.Tensor:
+        """Frames (B, F, 3, H, W) in [-1, 1] for a batch (its pose, audio and masks; its reference frame)."""
+        x = self._inputs(batch)
+        with self._autocast():
+            out = self.sampler(**overrides)(x["ref"], x["pose"], x["audio"], x["masks"],
+                                             self.sample_branch_weights(), generator=generator)
+        return out.float()
+
+    def _ema_ctx(self):
+        if self.ema is None:
+            return contextlib.nullcontext()
+        return self.ema.applied([p for _, p in self._trainable_params()])
+
+    def on_validation_epoch_start(self) -> None:
+        self._ema_stack = contextlib.ExitStack()
+        self._ema_stack.enter_context(self._ema_ctx())
+
+    def on_validation_epoch_end(self) -> None:
+        self._ema_stack.close()
+        self.log("val/psnr", self._val_psnr.compute(), sync_dist=True)
+        self.log("val/ssim", self._val_ssim.compute(), sync_dist=True)
+        self.log("val/psnr_copy_ref", self._copy_psnr.compute(), sync_dist=True)
+        for m in (self._val_psnr, self._val_ssim, self._copy_psnr):
+            m.reset()
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        v = self.hparams.validation
+        b = batch["frames"].shape[0]
+        loss, _ = self.diffusion_loss(batch)
+        self.log("val/loss", loss, batch_size=b, sync_dist=True)
+        if batch_idx >= int(v.get("max_batches", 1)):
+            return
+        g = torch.Generator(device=self.device).manual_seed(int(v.get("seed", 0)) + batch_idx + 1000 * self.global_rank)
+        gen = self.generate(batch, generator=g)
+        x = self._inputs(batch)
+        gt = x["frames"].float()
+        copy = x["ref"].float()[:, None].expand_as(gt).contiguous()
+        self._val_psnr.update(gen, gt)
+        self._val_ssim.update(gen, gt)
+        self._copy_psnr.update(copy, gt)
+        gt, fake = (gt + 1) / 2, (gen + 1) / 2
+        if batch_idx == 0 and v.get("log_media", True) and self.trainer.is_global_zero and self.loggers:
+            self._log_media(batch, x, gt, fake)
+
+    def _log_media(self, batch: dict[str, Any], x: dict[str, Any], gt: torch.Tensor, fake: torch.Tensor) -> None:
+        from mmgt.callbacks.media import log_video, side_by_side
+
+        hw = tuple(gt.shape[-2:])
+        n = min(int(self.hparams.validation.get("max_videos", 2)), gt.shape[0])
+        fps = float(self.hparams.data_info.get("fps", 25.0))
+        for i in range(n):
+            parts = [_to_uint8(gt[i]), _to_uint8(x["pose"][i].float())]
+            if "masks" in batch:
+                parts.append(_to_uint8(mask_video(batch["masks"][i, :, :gt.shape[1]], hw)))
+            parts.append(_to_uint8(fake[i]))
+            log_video(self.loggers, f"val/sample_{i}", side_by_side(*parts), step=self.global_step, fps=fps)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["mmgt_video_stage"] = self.substage
+
+    @property
+    def n_trainable(self) -> int:
+        return sum(p.numel() for _, p in self._trainable_params())
+
+    def extra_repr(self) -> str:
+        return f"stage={self.substage}, trainable={self.hparams.trainable} ({self.n_trainable:,} params)"
+
+
+__all__ = ["DEFAULT_TRAINABLE", "EMA", "VideoModule", "load_net_state", "snr_weights"]
