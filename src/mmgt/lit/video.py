@@ -35,6 +35,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmgt.data.corpus import HOP
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
 from mmgt.utils.config import to_plain
 
@@ -163,6 +164,8 @@ class VideoModule(L.LightningModule):
         autocast: None | "bf16" | "fp16" — autocast around the network forward.
         load_weights: load the pretrained files named in ``net`` (False: random init, e.g. tests at full size).
         data_info: ``datamodule.info()`` (audio_embed_shape, num_branches, frame_size, fps).
+        metrics: the ``metrics`` group (a ``mmgt.metrics.MetricSuite`` node: PSNR, SSIM, LPIPS, FVD, Sync-C/D on the
+            generated validation/test clips, logged as ``val/<name>``); None = PSNR and SSIM only.
 
     Rebuilding a trained module from its checkpoint's hparams (inference): pass ``init_from=None,
     load_weights=False`` — every weight then comes from that checkpoint's state dict.
@@ -172,7 +175,7 @@ class VideoModule(L.LightningModule):
                  trainable: Sequence[str] | None = None, init_from: str | None = None, scheduler: Any = None,
                  sampling: Any = None, ema: Any = None, validation: Any = None, gradient_checkpointing: bool = False,
                  autocast: str | None = None, load_weights: bool = True, init_exclude: Sequence[str] | None = None,
-                 data_info: Any = None) -> None:
+                 data_info: Any = None, metrics: Any = None) -> None:
         super().__init__()
         stage = str(substage).lower()
         if stage not in STAGES:
@@ -185,7 +188,8 @@ class VideoModule(L.LightningModule):
                   scheduler=to_plain(scheduler) or {}, sampling=to_plain(sampling) or {}, ema=to_plain(ema) or {},
                   validation=to_plain(validation) or {}, gradient_checkpointing=bool(gradient_checkpointing),
                   autocast=autocast, load_weights=bool(load_weights),
-                  init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {})
+                  init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {},
+                  metrics=to_plain(metrics))
         hp["data_info"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp["data_info"].items()}
         self.save_hyperparameters(hp)
         self.substage = stage
@@ -255,6 +259,12 @@ class VideoModule(L.LightningModule):
         self._val_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
         self._copy_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
         self._val_ssim = SSIM(input_range=(-1.0, 1.0)).to(self.device)
+        self._suite, self._suite_updated = None, False
+        if self.hparams.get("metrics"):
+            from hydra.utils import instantiate
+
+            # the networks of the suite stay outside the module tree (not in checkpoints, not in DDP)
+            self._suite = instantiate(dict(self.hparams.metrics), _convert_="all").to(self.device)
 
     # ------------------------------------------------------------------------------------------ forward
     def _autocast(self):
@@ -347,22 +357,28 @@ class VideoModule(L.LightningModule):
         return self.ema.applied([p for _, p in self._trainable_params()])
 
     def on_validation_epoch_start(self) -> None:
+        self._prefix = "val" if not self.trainer.testing else "test"
         self._ema_stack = contextlib.ExitStack()
         self._ema_stack.enter_context(self._ema_ctx())
 
     def on_validation_epoch_end(self) -> None:
         self._ema_stack.close()
-        self.log("val/psnr", self._val_psnr.compute(), sync_dist=True)
-        self.log("val/ssim", self._val_ssim.compute(), sync_dist=True)
-        self.log("val/psnr_copy_ref", self._copy_psnr.compute(), sync_dist=True)
+        self.log(f"{self._prefix}/psnr", self._val_psnr.compute(), sync_dist=True)
+        self.log(f"{self._prefix}/ssim", self._val_ssim.compute(), sync_dist=True)
+        self.log(f"{self._prefix}/psnr_copy_ref", self._copy_psnr.compute(), sync_dist=True)
         for m in (self._val_psnr, self._val_ssim, self._copy_psnr):
             m.reset()
+        if self._suite is not None and self._suite_updated:
+            values = self._suite.compute()  # collective: every rank calls it; values are already synchronised
+            self.log_dict({f"{self._prefix}/{k}": v for k, v in values.items() if k not in ("psnr", "ssim")})
+            self._suite.reset()
+        self._suite_updated = False
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> None:
         v = self.hparams.validation
         b = batch["frames"].shape[0]
         loss, _ = self.diffusion_loss(batch)
-        self.log("val/loss", loss, batch_size=b, sync_dist=True)
+        self.log(f"{self._prefix}/loss", loss, batch_size=b, sync_dist=True)
         if batch_idx >= int(v.get("max_batches", 1)):
             return
         g = torch.Generator(device=self.device).manual_seed(int(v.get("seed", 0)) + batch_idx + 1000 * self.global_rank)
@@ -373,9 +389,23 @@ class VideoModule(L.LightningModule):
         self._val_psnr.update(gen, gt)
         self._val_ssim.update(gen, gt)
         self._copy_psnr.update(copy, gt)
+        if self._suite is not None:
+            kp = batch["keypoints"][:, :gt.shape[1]].float()  # pixels of these frames: locate the mouth
+            self._suite.update(gen, gt, audio=batch["audio"][:, :gt.shape[1] * HOP], keypoints=kp)
+            self._suite_updated = True
         gt, fake = (gt + 1) / 2, (gen + 1) / 2
         if batch_idx == 0 and v.get("log_media", True) and self.trainer.is_global_zero and self.loggers:
             self._log_media(batch, x, gt, fake)
+
+    # the test split is evaluated exactly like validation, logged under test/
+    def on_test_epoch_start(self) -> None:
+        self.on_validation_epoch_start()
+
+    def test_step(self, batch: dict[str, Any], batch_idx: int) -> None:
+        self.validation_step(batch, batch_idx)
+
+    def on_test_epoch_end(self) -> None:
+        self.on_validation_epoch_end()
 
     def _log_media(self, batch: dict[str, Any], x: dict[str, Any], gt: torch.Tensor, fake: torch.Tensor) -> None:
         from mmgt.callbacks.media import log_video, side_by_side
