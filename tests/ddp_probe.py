@@ -3,7 +3,8 @@ saw and did: the windows of every training batch, a checksum of the weights afte
 logged metrics. Run as a script (not under pytest): Lightning's ``ddp`` re-launches ``sys.argv`` for each
 extra local rank, and the two-node test starts one such script per simulated node.
 
-    python tests/ddp_probe.py OUT_DIR [hydra overrides ...]
+    python tests/ddp_probe.py OUT_DIR [hydra overrides ...]                  # fit, record, save OUT_DIR/final.ckpt
+    python tests/ddp_probe.py OUT_DIR --validate CKPT [hydra overrides ...]  # validate CKPT in this process
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ class Probe(L.Callback):
                   "metrics": metrics, "global_step": trainer.global_step}
         self.out.mkdir(parents=True, exist_ok=True)
         (self.out / f"rank{trainer.global_rank}.json").write_text(json.dumps(record))
+        trainer.save_checkpoint(self.out / "final.ckpt")  # collective: every rank calls it, rank 0 writes
 
 
 def main() -> None:
@@ -51,11 +53,24 @@ def main() -> None:
     from mmgt.utils.paths import CONF_DIR
 
     out, overrides = Path(sys.argv[1]), sys.argv[2:]
+    ckpt = None
+    if overrides[:1] == ["--validate"]:
+        ckpt, overrides = overrides[1], overrides[2:]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[*overrides, f"paths.output_dir={out / 'run'}",
                                                       f"paths.root_dir={out}"])
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    train(cfg, extra_callbacks=[Probe(out)])
+    if ckpt is None:
+        train(cfg, extra_callbacks=[Probe(out)])
+        return
+    from hydra.utils import instantiate
+
+    dm = instantiate(cfg.data)
+    model = instantiate(cfg.model, data_info=dm.info(), _recursive_=False)
+    trainer = instantiate(cfg.trainer, logger=False)
+    (metrics,) = trainer.validate(model, datamodule=dm, ckpt_path=ckpt, verbose=False)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "validate.json").write_text(json.dumps({k: float(v) for k, v in metrics.items()}))
 
 
 if __name__ == "__main__":

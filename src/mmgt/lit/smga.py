@@ -20,6 +20,7 @@ checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import logging
+import zlib
 from collections.abc import Mapping
 from typing import Any
 
@@ -168,9 +169,16 @@ class SMGAModule(L.LightningModule):
 
     # ------------------------------------------------------------------------------------------- evaluation
 
+    def window_generators(self, batch: Mapping[str, Any]) -> list[torch.Generator]:
+        """One generator per window, seeded by (sampling.seed, clip id, start): evaluation noise belongs to the
+        window, not to its batch, so validation values do not depend on batching or on the number of ranks."""
+        seed = int(self.hparams.sampling["seed"])
+        return [torch.Generator(device=self.device).manual_seed(zlib.crc32(f"{seed}:{c}:{int(s)}".encode()))
+                for c, s in zip(batch["clip_id"], batch["start"], strict=True)]
+
     def _eval_step(self, batch: Mapping[str, Any], batch_idx: int, prefix: str) -> None:
         bs = batch["poses"].shape[0]
-        gen = torch.Generator(device=self.device).manual_seed(int(self.hparams.sampling["seed"]) + batch_idx)
+        gen = self.window_generators(batch)
         terms = self._loss(self.sampling_net, batch, gen)
         self.log(f"{prefix}/loss", terms["loss"], batch_size=bs, sync_dist=True, prog_bar=prefix == "val")
         for k in ("pos", "vel", "face_pos", "lips_pos"):
@@ -178,7 +186,8 @@ class SMGAModule(L.LightningModule):
         s = self.hparams.sampling
         if batch_idx >= int(s["val_batches"]):
             return
-        poses = self.sample_poses(batch["audio_feat"], batch["cond_pose"], steps=int(s["val_steps"]), generator=gen)
+        poses = self.sample_poses(batch["audio_feat"], batch["cond_pose"], steps=int(s["val_steps"]),
+                                  generator=self.window_generators(batch))
         self.val_metrics.update(poses, batch["poses"], batch["vis"], batch.get("audio"))
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.video["enabled"]:
             self._log_video(f"{prefix}/pose_video", batch, poses)

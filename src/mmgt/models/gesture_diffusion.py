@@ -14,7 +14,7 @@ is shifted back to end exactly at the last frame (full length, aligned with its 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
@@ -29,6 +29,25 @@ def cosine_betas(steps: int = 1000, s: float = 0.008, max_beta: float = 0.999) -
 
     return torch.tensor([min(1 - alpha_bar((i + 1) / steps) / alpha_bar(i / steps), max_beta) for i in range(steps)],
                         dtype=torch.float64)
+
+
+Generators = torch.Generator | Sequence[torch.Generator] | None
+
+
+def _per_sample(generator: Generators, batch: int, draw) -> torch.Tensor:  # type: ignore[no-untyped-def]
+    """``draw(generator, n)`` for the whole batch, or once per sample when ``generator`` is a list (one per sample):
+    then every sample's noise depends only on its own generator, so results do not depend on how samples are
+    batched (a DDP run and a single process evaluate the same windows identically)."""
+    if generator is None or isinstance(generator, torch.Generator):
+        return draw(generator, batch)
+    if len(generator) != batch:
+        raise ValueError(f"got {len(generator)} generators for a batch of {batch}")
+    return torch.cat([draw(g, 1) for g in generator])
+
+
+def _randn(shape: Sequence[int], device: torch.device, dtype: torch.dtype, generator: Generators) -> torch.Tensor:
+    return _per_sample(generator, shape[0],
+                       lambda g, n: torch.randn((n, *shape[1:]), device=device, dtype=dtype, generator=g))
 
 
 class GestureDiffusion(nn.Module):
@@ -55,21 +74,21 @@ class GestureDiffusion(nn.Module):
         a = self._abar(t, x0)
         return a.sqrt() * x0 + (1 - a).sqrt() * noise
 
-    def sample_timesteps(self, batch: int, device: torch.device, generator: torch.Generator | None = None
-                         ) -> torch.Tensor:
-        return torch.randint(0, self.timesteps, (batch,), device=device, generator=generator)
+    def sample_timesteps(self, batch: int, device: torch.device, generator: Generators = None) -> torch.Tensor:
+        return _per_sample(generator, batch,
+                           lambda g, n: torch.randint(0, self.timesteps, (n,), device=device, generator=g))
 
-    def sample_drop_mask(self, batch: int, device: torch.device, generator: torch.Generator | None = None
-                         ) -> torch.Tensor:
+    def sample_drop_mask(self, batch: int, device: torch.device, generator: Generators = None) -> torch.Tensor:
         """Per-sample audio dropout for classifier-free guidance (True = drop)."""
-        return torch.rand(batch, device=device, generator=generator) < self.cond_drop_prob
+        return _per_sample(generator, batch, lambda g, n: torch.rand(n, device=device, generator=g)) \
+            < self.cond_drop_prob
 
     def training_pair(self, net: Denoiser, x0: torch.Tensor, audio: torch.Tensor, cond_pose: torch.Tensor,
-                      generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                      generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
         """Noise ``x0`` at random steps, drop audio per sample, run the net: returns (x̂0, t)."""
         b, dev = x0.shape[0], x0.device
         t = self.sample_timesteps(b, dev, generator)
-        noise = torch.randn(x0.shape, device=dev, dtype=x0.dtype, generator=generator)
+        noise = _randn(x0.shape, dev, x0.dtype, generator)
         x_t = self.q_sample(x0, t, noise)
         return net(x_t, t, audio, cond_pose, drop_audio=self.sample_drop_mask(b, dev, generator)), t
 
@@ -95,10 +114,10 @@ class GestureDiffusion(nn.Module):
     @torch.no_grad()
     def ddim_sample(self, net: Denoiser, audio: torch.Tensor, cond_pose: torch.Tensor, shape: tuple[int, ...],
                     steps: int = 50, eta: float = 1.0, guidance: float = 2.0,
-                    generator: torch.Generator | None = None, noise: torch.Tensor | None = None) -> torch.Tensor:
+                    generator: Generators = None, noise: torch.Tensor | None = None) -> torch.Tensor:
         """One window: DDIM from pure noise to x0. ``shape`` = (B, N, K, C); eta=0 is deterministic."""
         dev = audio.device
-        x = torch.randn(shape, device=dev, generator=generator) if noise is None else noise.to(dev)
+        x = _randn(shape, dev, audio.dtype, generator) if noise is None else noise.to(dev)
         for t_cur, t_next in self.ddim_timesteps(steps):
             t = torch.full((shape[0],), t_cur, device=dev, dtype=torch.long)
             x0 = self.predict_x0(net, x, t, audio, cond_pose, guidance)
@@ -114,7 +133,7 @@ class GestureDiffusion(nn.Module):
             c = (1 - a_next - sigma ** 2).clamp(min=0).sqrt()
             x = a_next.sqrt() * x0 + c * eps
             if eta > 0:
-                x = x + sigma * torch.randn(x.shape, device=dev, dtype=x.dtype, generator=generator)
+                x = x + sigma * _randn(x.shape, dev, x.dtype, generator)
         return x
 
     @staticmethod
@@ -133,7 +152,7 @@ class GestureDiffusion(nn.Module):
     @torch.no_grad()
     def sample(self, net: Denoiser, audio: torch.Tensor, cond_pose: torch.Tensor, window: int,
                num_keypoints: int = 134, channels: int = 3, overlap: int = 0, steps: int = 50, eta: float = 1.0,
-               guidance: float = 2.0, generator: torch.Generator | None = None) -> torch.Tensor:
+               guidance: float = 2.0, generator: Generators = None) -> torch.Tensor:
         """Poses for audio features of any length: ``audio`` (B, L, F), ``cond_pose`` (B, K, C) -> (B, L, K, C).
 
         Window k is conditioned on the generated frame just before its start; overlapping frames are
