@@ -201,3 +201,22 @@ def test_pretrained_folder_loads_offline(tmp_path: Path) -> None:
     tiny.encoder.model.save_pretrained(tmp_path / "w2v")
     loaded = Wav2VecFeatures(pretrained_path=str(tmp_path / "w2v"), seed=0)
     assert torch.equal(loaded(x, 6), tiny(x, 6)) and loaded.signature != tiny.signature
+
+
+def test_wav2vec_resamples_before_the_transformer_by_default() -> None:
+    """As the original: the transformer runs on 25 fps frames (its input length is n_frames), unless "after"."""
+    x = np.random.default_rng(5).standard_normal(HOP * 12).astype(np.float32)
+    seen: list[int] = []
+    before = Wav2VecFeatures(seed=1)
+    layer = before.encoder.model.encoder.layers[0]
+    handle = layer.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[1]))
+    emb = before(x, 12)
+    handle.remove()
+    assert seen == [12] and emb.shape == (12, 2, 32)
+    after = Wav2VecFeatures(seed=1, resample="after")
+    layer = after.encoder.model.encoder.layers[0]
+    handle = layer.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[1]))
+    other = after(x, 12)
+    handle.remove()
+    assert seen[1] > 20 and other.shape == emb.shape and not torch.allclose(other, emb)
+    assert before.signature != after.signature

@@ -119,8 +119,13 @@ class _SpeechEncoder:
     """A frozen wav2vec2/WavLM model whose per-layer hidden states come out at the video frame rate."""
 
     def __init__(self, kind: str, *, pretrained_path: str | None, config_key: str, seed: int, hidden_size: int,
-                 num_layers: int, layers: str, legacy_align_corners: bool, device: str | torch.device) -> None:
+                 num_layers: int, layers: str, legacy_align_corners: bool, device: str | torch.device,
+                 resample: str = "before") -> None:
         from transformers import Wav2Vec2Model, WavLMModel
+
+        if resample not in ("before", "after"):
+            raise ValueError(f"resample must be 'before' or 'after' (the transformer), got {resample!r}")
+        self.resample = resample
 
         if kind not in _BACKENDS:
             raise ValueError(f"unknown speech encoder {kind!r}; expected one of {_BACKENDS}")
@@ -149,6 +154,8 @@ class _SpeechEncoder:
         model_id: dict[str, Any] = (dict(pretrained_path=str(Path(pretrained_path).resolve())) if pretrained_path
                                     else dict(seed=seed, hidden_size=hidden_size, num_layers=num_layers))
         self.settings = dict(kind=kind, layers=layers, legacy_align_corners=legacy_align_corners, **model_id)
+        if resample != "after":
+            self.settings["resample"] = resample
 
     @torch.inference_mode()
     def __call__(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
@@ -161,6 +168,20 @@ class _SpeechEncoder:
         extra = 0 if self.legacy_align_corners else HOP // 2
         x = np.pad(x, (0, max(extra, CNN_FIELD - len(x))))
         wav = torch.from_numpy(x)[None].to(self.device)
+        if self.resample == "before":
+            # As the original: the CNN features (1, C, T50) are brought to 25 fps, then the transformer runs on
+            # video frames. A forward hook swaps the CNN output, so the model's own forward does the rest.
+            def to_video_rate(_mod: Any, _inp: Any, feats: torch.Tensor) -> torch.Tensor:
+                return resample_frames(feats.float(), n_frames, CNN_HOP, CNN_OFFSET, HOP,
+                                       self.legacy_align_corners).to(feats.dtype)
+
+            handle = self.model.feature_extractor.register_forward_hook(to_video_rate)
+            try:
+                out = self.model(wav, output_hidden_states=True)
+            finally:
+                handle.remove()
+            states = out.hidden_states[1:] if self.layers == "all" else out.hidden_states[-1:]
+            return torch.stack(states, dim=1)[0].float().transpose(0, 1).contiguous().cpu()  # (n_frames, L, D)
         out = self.model(wav, output_hidden_states=True)
         states = out.hidden_states[1:] if self.layers == "all" else out.hidden_states[-1:]
         h = torch.stack(states, dim=1)[0].float()  # (L, T50, D): outputs of the transformer layers, not the CNN
@@ -259,20 +280,21 @@ class Wav2VecFeatures:
     """Stage-2 audio embedding: every transformer layer's hidden state of wav2vec2, at 25 fps -> (T, L, D).
 
     Tiny seeded random init by default (hidden 32, 2 layers); ``pretrained_path`` loads a local Hugging Face folder
-    (wav2vec2-base-960h in the original: 12 layers x 768). Unlike the original, which interpolated the CNN features to
-    25 fps *before* the transformer, the encoder runs at its native 50 Hz and its outputs are resampled frame-centre
-    aligned (``legacy_align_corners=True`` keeps the original's align-corners stretch for that resampling).
+    (wav2vec2-base-960h in the original: 12 layers x 768). ``resample="before"`` (default, as the original) brings the
+    CNN features to 25 fps (frame-centre aligned; ``legacy_align_corners=True``: the original's align-corners
+    stretch) and runs the transformer on video frames; ``"after"`` runs it at its native 50 Hz and resamples its
+    outputs instead.
     """
 
     name = "wav2vec"
 
     def __init__(self, seed: int = 0, layers: str = "all", pretrained_path: str | None = None, hidden_size: int = 32,
                  num_layers: int = 2, legacy_align_corners: bool = False,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", resample: str = "before") -> None:
         self.encoder = _SpeechEncoder("wav2vec2", pretrained_path=pretrained_path,
                                       config_key="data.stage2_features.pretrained_path", seed=seed,
                                       hidden_size=hidden_size, num_layers=num_layers, layers=layers,
-                                      legacy_align_corners=legacy_align_corners, device=device)
+                                      legacy_align_corners=legacy_align_corners, device=device, resample=resample)
         self.n_layers, self.hidden_size = self.encoder.n_layers, self.encoder.hidden_size
         self.feature_shape: tuple[int, ...] = (self.n_layers, self.hidden_size)
         self.signature = _signature(self.name, dict(version=1, **self.encoder.settings))
