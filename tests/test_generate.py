@@ -45,15 +45,6 @@ VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 
 FAST = dict(pose_steps=2, steps=2, guidance=1.5)  # few DDIM steps: tests check plumbing, not quality
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    # 2 shared cores: one intra-op thread is many times faster than two oversubscribed ones for these tiny nets
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
-
 def save_lightning(module: L.LightningModule, path: Path, **extra) -> Path:
     """What ModelCheckpoint writes, minus optimizer/loop state (not needed for inference)."""
     torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),

@@ -23,14 +23,6 @@ TINY = {"width": 32, "ff_size": 64, "num_layers": 2, "num_heads": 4, "audio_laye
 B, N, F_AUDIO = 3, 12, 10
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # 2 cores shared by several processes: one intra-op thread avoids OpenMP spin contention (10-50x faster here)
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _batch(b: int = B, n: int = N, f: int = F_AUDIO, seed: int = 0) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)

@@ -22,14 +22,6 @@ K, H, W = 3, 16, 24
 STEPS_LEARN = 250  # held-out PSNR 18.8 dB at 16 px (init 7.5 dB, flat mean colour 16.2 dB); ~90 s on 2 cores
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def make_batch(b: int = 2, n: int = 3, seed: int = 0) -> dict:
     """A random batch of the stage-2 contract (COMMON.md / tests/test_datamodule.py)."""

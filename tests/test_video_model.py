@@ -28,14 +28,6 @@ AUDIO = (5, 2, 8)  # window, layers, dim
 B, F, H, W = 2, 3, 32, 48  # non-square frames -> 8x12 latents
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny tensors: one intra-op thread is faster than two on a shared 2-core machine (no oversubscription)."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def build(attention: str = "mm_haa", blocks=("down", "mid", "up"), k: int = 3, seed: int = 0) -> VideoNet:
     torch.manual_seed(seed)
