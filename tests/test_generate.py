@@ -341,3 +341,21 @@ def test_quickstart_chain_composes(tmp_path) -> None:
     assert seen["generate held-out clips"].split == "test"
     assert seen["evaluate"].metrics.allow_random_weights is True
     assert math.isclose(float(seen["generate held-out clips"].min_peak), 1e-4)
+
+
+def test_generation_conditions_equal_training_batches(pipe, synthetic_corpus) -> None:
+    """Pose images and region masks at generation come from the same code and config as the training batches."""
+    from mmgt.data.datamodule import PATSDataModule
+
+    dm = PATSDataModule(synthetic_corpus, "video", n_frames=4, stride=8, batch_size=2, image_size=32,
+                        latent_downsample=4, mask_levels=2, mask=MaskConfig().to_dict(), progress=False)
+    dm.prepare_data()
+    dm.setup("validate")
+    batch = next(iter(dm.val_dataloader()))
+    for i in range(2):
+        images, masks = pipe.conditions(batch["keypoints"][i].numpy())
+        assert torch.allclose(images, batch["pose_images"][i], atol=1e-6)
+        assert torch.allclose(masks["masks"], batch["masks"][i], atol=1e-6)
+        assert len(masks["pyramid"]) == len(batch["mask_pyramid"]) == 2
+        for got, want in zip(masks["pyramid"], batch["mask_pyramid"], strict=True):
+            assert torch.allclose(got, want[i], atol=1e-6)
