@@ -4,8 +4,12 @@ Videos are matched by file name. Differences are handled explicitly and reported
 truncated to the shorter video, a generated video of another size is resized (bilinear, antialiased) to the
 reference size, and names present in only one folder are listed and fail the run unless ``allow_missing=true``.
 Results: a table on stdout, ``metrics.json``, ``metrics.csv`` and ``per_video.csv`` in the run folder,
-TensorBoard scalars under ``eval/``. Mode (b) — a checkpoint + DataModule split — is not implemented yet
-(``ckpt_path`` refuses clearly).
+TensorBoard scalars under ``eval/``.
+
+Mode (b), ``python -m mmgt.evaluate ckpt_path=<stage-2 .ckpt or run folder> split=test``: the checkpoint's own
+DataModule settings (recorded in the checkpoint; ``data_root`` may point elsewhere) serve the split, the video
+module generates every window with its recorded sampling settings and the same suite scores them (the module's
+test loop, so the numbers are those a training run logs under ``test/``).
 """
 
 from __future__ import annotations
@@ -184,11 +188,69 @@ def evaluate_folders(cfg: DictConfig) -> int:
     return 0
 
 
+def evaluate_checkpoint(cfg: DictConfig) -> int:
+    """Mode (b): a stage-2 checkpoint scored on a split of its DataModule. Returns the process exit code."""
+    import lightning as L
+    import torch
+    from lightning.pytorch.loggers import TensorBoardLogger
+
+    from mmgt.data.datamodule import PATSDataModule
+    from mmgt.lit.video import VideoModule
+
+    path = Path(cfg.ckpt_path)
+    if path.is_dir():
+        path = path / "checkpoints" / "last.ckpt"
+    if not path.exists():
+        log.error("ckpt_path=%s: checkpoint not found", path)
+        return 1
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    hp = ckpt.get("hyper_parameters") or {}
+    if "substage" not in hp:
+        log.error("ckpt_path=%s is not a stage-2 (video) checkpoint; mode (b) scores generated videos", path)
+        return 1
+    dm_hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
+    if not dm_hp:
+        log.error("ckpt_path=%s records no DataModule settings (not written by `mmgt.train`?)", path)
+        return 1
+    if cfg.get("data_root"):
+        dm_hp["root"] = str(cfg.data_root)
+    split = str(cfg.get("split") or "test")
+    if split not in ("val", "test"):
+        log.error("split=%s: expected val or test", split)
+        return 1
+    dm = PATSDataModule(**{**dm_hp, "progress": bool(cfg.get("progress", True))})
+    validation = {**(hp.get("validation") or {}), "log_media": False,
+                  "max_batches": int(cfg.max_batches) if cfg.get("max_batches") else 10**9}
+    model = VideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, init_from=None,
+                                             load_weights=False, validation=validation,
+                                             metrics=OmegaConf.to_container(cfg.metrics, resolve=True))
+    out_dir = Path(cfg.paths.output_dir)
+    accel = "gpu" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
+    logger = TensorBoardLogger(str(out_dir), name="tensorboard", version="") if cfg.tensorboard else False
+    trainer = L.Trainer(accelerator=accel, devices=1, logger=logger, enable_checkpointing=False,
+                        enable_model_summary=False)
+    run = trainer.test if split == "test" else trainer.validate
+    (results,) = run(model, datamodule=dm, verbose=False)
+    prefix = f"{split}/"
+    metrics = {k[len(prefix):]: float(v) for k, v in results.items() if k.startswith(prefix) and k != f"{split}/loss"}
+    n = len(dm.datasets[split]) if split in getattr(dm, "datasets", {}) else 0
+    if cfg.get("max_batches"):  # windows actually generated and scored
+        n = min(n, int(cfg.max_batches) * int(dm_hp.get("val_batch_size") or dm_hp.get("batch_size") or 1))
+    info = {"checkpoint": str(path), "split": split, "windows": n, "data_root": dm_hp.get("root"),
+            "metrics_config": OmegaConf.to_container(cfg.metrics, resolve=True)}
+    write_reports(out_dir, metrics, info, tensorboard=False)
+    print_table(metrics, n)
+    log.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv")
+    return 0
+
+
 @hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
 def main(cfg: DictConfig) -> None:
     if cfg.get("ckpt_path"):
-        sys.exit("mmgt.evaluate: mode (b), checkpoint + DataModule split, is not implemented yet; "
-                 "generate videos and use generated=<dir> reference=<dir>")
+        code = evaluate_checkpoint(cfg)
+        if code:
+            sys.exit(code)
+        return
     if not (cfg.get("generated") and cfg.get("reference")):
         sys.exit("mmgt.evaluate: set generated=<folder of mp4s> and reference=<folder of mp4s>")
     code = evaluate_folders(cfg)
