@@ -9,14 +9,9 @@ import pytest
 import torch
 
 from mmgt.lit.video import VideoModule, load_net_state, snr_weights
+from tiny_configs import VIDEO_NET
 
-NET = dict(
-    codec=dict(type="pixel", factor=4), image_encoder=dict(type="conv", channels=[8, 16]),
-    unet=dict(block_out_channels=[16, 32], layers_per_block=1, down_blocks=["cross", "cross"], heads=2,
-              cross_attention_dim=16, norm_num_groups=8, motion_heads=2),
-    pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
-    audio_attention=dict(heads=2),
-)
+NET = VIDEO_NET
 INFO = dict(audio_embed_shape=[5, 2, 8], num_branches=3, frame_size=[16, 24], fps=25.0)
 K, H, W = 3, 16, 24
 STEPS_LEARN = 250  # held-out PSNR 18.8 dB at 16 px (init 7.5 dB, flat mean colour 16.2 dB); ~90 s on 2 cores

@@ -16,14 +16,9 @@ from mmgt.models.video import (
     make_scheduler,
 )
 from mmgt.models.video.unet import SD15_UNET
+from tiny_configs import VIDEO_NET
 
-TINY = dict(
-    codec=dict(type="pixel", factor=4), image_encoder=dict(type="conv", channels=[8, 16]),
-    unet=dict(block_out_channels=[16, 32], layers_per_block=1, down_blocks=["cross", "cross"], heads=2,
-              cross_attention_dim=16, norm_num_groups=8, motion_heads=2),
-    pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
-    audio_attention=dict(heads=2),
-)
+TINY = VIDEO_NET
 AUDIO = (5, 2, 8)  # window, layers, dim
 B, F, H, W = 2, 3, 32, 48  # non-square frames -> 8x12 latents
 
