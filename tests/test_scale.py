@@ -114,3 +114,16 @@ def test_sweep_2x2_separate_runs_and_report(synthetic_corpus: Path, tmp_path: Pa
     assert len(rows) == 4 and len({r.split(",")[1] for r in rows}) == 4  # four distinct variants
     assert "loss=smga_no_face size.smga.split_streams=false" in {r.split(",")[1].lower() for r in rows}
     assert (sweep / "report.png").stat().st_size > 5000
+
+
+def test_resume_ddp_checkpoint_in_one_process(synthetic_corpus: Path, tmp_path: Path) -> None:
+    """A checkpoint written by a 2-rank run continues in a single process (full, unsharded state)."""
+    drop = ("callbacks=", "trainer.enable_progress_bar")
+    overrides = [o for o in _overrides(synthetic_corpus) if not o.startswith(drop)] + ["callbacks=default"]
+    first, second = tmp_path / "ddp", tmp_path / "resumed"
+    _finish(_run_probe(first, [*overrides, "trainer=ddp_cpu", "trainer.devices=2"]))
+    last = first / "run" / "checkpoints" / "last.ckpt"
+    assert last.exists()
+    _finish(_run_probe(second, [*overrides, "trainer=cpu", f"ckpt_path={last}", "trainer.max_steps=5"]))
+    (rec,) = _records(second, 1)
+    assert rec["world_size"] == 1 and rec["global_step"] == 5 and len(rec["batches"]) == 2  # steps 4 and 5 only
