@@ -26,10 +26,10 @@ import hydra
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
+from mmgt.data.video_io import HOP
 from mmgt.utils.paths import CONF_DIR
 
 log = logging.getLogger("mmgt.evaluate")
-HOP = 640  # audio samples per frame at 16 kHz / 25 fps
 
 
 @dataclass

@@ -26,14 +26,10 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from mmgt.data.video_io import atomic_path
+from mmgt.data.video_io import HOP, SAMPLE_RATE, atomic_path
 
 if TYPE_CHECKING:
     from mmgt.data.corpus import ClipRecord, Corpus
-
-SAMPLE_RATE = 16000
-FPS = 25
-HOP = SAMPLE_RATE // FPS  # 640 samples per video frame
 
 # wav2vec2 / WavLM conv feature encoder: 400-sample receptive field, stride 320 (50 Hz); frame j is centred at 320j+200.
 CNN_HOP = 320

@@ -14,8 +14,8 @@ from pathlib import Path
 import numpy as np
 
 from mmgt.data.video_io import FPS, SAMPLE_RATE, atomic_path, read_audio, read_video, write_audio, write_video
+from mmgt.data.video_io import HOP as HOP  # re-exported: corpus users align audio and frames with it
 
-HOP = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 MANIFEST = "manifest.csv"
 SPLITS = ("train", "val", "test")
 

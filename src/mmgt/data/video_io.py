@@ -19,6 +19,7 @@ import numpy as np
 
 SAMPLE_RATE = 16000
 FPS = 25
+HOP = SAMPLE_RATE // FPS  # 640 audio samples per video frame: the one audio/video alignment constant
 
 
 @contextlib.contextmanager

@@ -26,6 +26,7 @@ import torch.nn.functional as F
 from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
+from mmgt.data.video_io import HOP
 from mmgt.metrics.frechet import frechet_distance_from_features
 from mmgt.pose.layout import BODY, FACE, HANDS, LEG_POINTS, LIPS
 
@@ -123,7 +124,7 @@ class GestureDiversity(Metric):
         return (d.sum() / (n * (n - 1))).float()
 
 
-def audio_onsets(audio: torch.Tensor, hop: int = 640) -> torch.Tensor:
+def audio_onsets(audio: torch.Tensor, hop: int = HOP) -> torch.Tensor:
     """(B, n*hop) waveform -> (B, n) bool onsets: peaks of positive log-RMS flux above mean + 0.5 std."""
     b = audio.shape[0]
     n = audio.shape[1] // hop
@@ -156,7 +157,7 @@ class BeatAlignment(Metric):
 
     full_state_update = False
 
-    def __init__(self, sigma: float = 3.0, hop: int = 640, **kwargs: Any) -> None:
+    def __init__(self, sigma: float = 3.0, hop: int = HOP, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         self.sigma, self.hop = sigma, hop
         self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
@@ -186,7 +187,7 @@ class GestureMetrics(torch.nn.Module):
     beat_align_real``.
     """
 
-    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = 640) -> None:
+    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = HOP) -> None:
         super().__init__()
         self.l2 = KeypointL2()
         self.fgd = FrechetGestureDistance(feature_dim)

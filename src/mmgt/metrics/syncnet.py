@@ -31,13 +31,11 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
 
+from mmgt.data.video_io import HOP, SAMPLE_RATE
 from mmgt.metrics import weights as W
 from mmgt.metrics.i3d import he_init
 from mmgt.metrics.video import ensure_device, to_unit
 
-SAMPLE_RATE = 16000
-FPS = 25
-HOP = SAMPLE_RATE // FPS  # 640 audio samples per video frame
 WINDOW = 5  # video frames per SyncNet window (0.2 s)
 CROP = 224
 
