@@ -363,14 +363,16 @@ class VideoModule(L.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         self._ema_stack.close()
-        self.log(f"{self._prefix}/psnr", self._val_psnr.compute(), sync_dist=True)
-        self.log(f"{self._prefix}/ssim", self._val_ssim.compute(), sync_dist=True)
         self.log(f"{self._prefix}/psnr_copy_ref", self._copy_psnr.compute(), sync_dist=True)
-        for m in (self._val_psnr, self._val_ssim, self._copy_psnr):
-            m.reset()
-        if self._suite is not None and self._suite_updated:
+        self._copy_psnr.reset()
+        if self._suite is None:
+            self.log(f"{self._prefix}/psnr", self._val_psnr.compute(), sync_dist=True)
+            self.log(f"{self._prefix}/ssim", self._val_ssim.compute(), sync_dist=True)
+            self._val_psnr.reset()
+            self._val_ssim.reset()
+        elif self._suite_updated:  # the suite's PSNR/SSIM replace the standalone ones (same classes)
             values = self._suite.compute()  # collective: every rank calls it; values are already synchronised
-            self.log_dict({f"{self._prefix}/{k}": v for k, v in values.items() if k not in ("psnr", "ssim")})
+            self.log_dict({f"{self._prefix}/{k}": v for k, v in values.items()})
             self._suite.reset()
         self._suite_updated = False
 
@@ -386,10 +388,11 @@ class VideoModule(L.LightningModule):
         x = self._inputs(batch)
         gt = x["frames"].float()
         copy = x["ref"].float()[:, None].expand_as(gt).contiguous()
-        self._val_psnr.update(gen, gt)
-        self._val_ssim.update(gen, gt)
         self._copy_psnr.update(copy, gt)
-        if self._suite is not None:
+        if self._suite is None:
+            self._val_psnr.update(gen, gt)
+            self._val_ssim.update(gen, gt)
+        else:
             kp = batch["keypoints"][:, :gt.shape[1]].float()  # pixels of these frames: locate the mouth
             self._suite.update(gen, gt, audio=batch["audio"][:, :gt.shape[1] * HOP], keypoints=kp)
             self._suite_updated = True
