@@ -221,9 +221,11 @@ def evaluate_checkpoint(cfg: DictConfig) -> int:
     dm = PATSDataModule(**{**dm_hp, "progress": bool(cfg.get("progress", True))})
     validation = {**(hp.get("validation") or {}), "log_media": False,
                   "max_batches": int(cfg.max_batches) if cfg.get("max_batches") else 10**9}
-    model = VideoModule.load_from_checkpoint(path, map_location="cpu", weights_only=True, init_from=None,
-                                             load_weights=False, validation=validation,
-                                             metrics=OmegaConf.to_container(cfg.metrics, resolve=True))
+    # rebuilt from the checkpoint already in memory (stage-2 checkpoints at paper size are large: read once)
+    model = VideoModule(**{**hp, "init_from": None, "load_weights": False, "validation": validation,
+                           "metrics": OmegaConf.to_container(cfg.metrics, resolve=True)})
+    model.load_state_dict(ckpt["state_dict"])
+    del ckpt
     out_dir = Path(cfg.paths.output_dir)
     accel = "gpu" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     logger = TensorBoardLogger(str(out_dir), name="tensorboard", version="") if cfg.tensorboard else False
