@@ -6,13 +6,14 @@ import os
 import shutil
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from mmgt.data.corpus import HOP, Corpus, CorpusError, read_manifest, write_clip, write_manifest
-from mmgt.data.synthetic import ensure_corpus, frame_loudness, generate_corpus, synth_sequence
+from mmgt.data.synthetic import ensure_corpus, frame_loudness, generate_corpus, speaker_style, synth_sequence
 from mmgt.data.validate import validate_corpus
 from mmgt.data.video_io import probe_video, read_audio, read_video, write_video
 from mmgt.pose.layout import mouth_opening
@@ -162,3 +163,19 @@ def test_prepare_cli_validate_exit_codes(synthetic_corpus: Path, tmp_path: Path)
     for path in broken.values():
         assert str(path) in bad.stdout
     assert "4 error(s)" in bad.stdout
+
+
+def test_synthetic_sway_moves_the_body_and_keeps_the_mouth_link() -> None:
+    """``sway`` drifts the whole figure sideways (so later frames differ from frame 0) without touching the
+    audio -> mouth link or the random stream the rest of the clip is drawn from."""
+    style = speaker_style(1)
+    still, audio0, kp0 = synth_sequence(150, 64, seed=3, style=replace(style, sway=0.0))
+    moving, audio1, kp1 = synth_sequence(150, 64, seed=3, style=replace(style, sway=0.8))
+    assert np.array_equal(audio0, audio1)
+    assert kp0[:, 1, 0].std() < 0.2 < 4.0 < kp1[:, 1, 0].std()  # neck x: jitter only vs a drift of pixels
+    assert np.allclose(mouth_opening(kp0), mouth_opening(kp1), atol=1e-3)
+
+    def drift(frames: np.ndarray) -> float:
+        return float(np.abs(frames[1:].astype(np.float32) - frames[:1]).mean())
+
+    assert drift(moving) > 2 * drift(still)

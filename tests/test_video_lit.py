@@ -167,6 +167,26 @@ def test_gradient_checkpointing_and_autocast_switches(checkpointing: bool, autoc
         module("a", autocast="fp8")
 
 
+def test_lr_schedules() -> None:
+    """Warm-up then constant (default) or a cosine decay that ends at min_lr_ratio * lr; unknown names fail."""
+    def lrs(**optim) -> list[float]:
+        sched = module("a", optim={"lr": 1e-3, **optim}).configure_optimizers()["lr_scheduler"]["scheduler"]
+        out = []
+        for _ in range(12):
+            out.append(sched.get_last_lr()[0])
+            sched.optimizer.step()
+            sched.step()
+        return out
+
+    const = lrs(warmup_steps=4)
+    assert const[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and const[4:] == pytest.approx([1e-3] * 8)
+    cos = lrs(schedule="cosine", total_steps=10, min_lr_ratio=0.1)
+    assert cos[0] == pytest.approx(1e-3) and cos[5] == pytest.approx(0.55e-3)
+    assert cos[10:] == pytest.approx([1e-4, 1e-4]) and all(a >= b for a, b in zip(cos, cos[1:], strict=False))
+    with pytest.raises(ValueError, match="schedule"):
+        lrs(schedule="linear")
+
+
 def test_ema_tracks_trainable_parameters() -> None:
     m = module("a", ema={"enabled": True, "decay": 0.5})
     params = [p for _, p in m._trainable_params()]

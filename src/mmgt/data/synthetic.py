@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import json
 import logging
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +44,7 @@ class SpeakerStyle:
     pitch: float  # voice f0 in Hz
     rate: float  # syllables per second
     mouth_gain: float  # lip gap at full loudness (fraction of head height)
+    sway: float = 0.02  # slow whole-body sway: a smoothed random walk scaled by this fraction of the frame
 
 
 def speaker_style(index: int, seed: int = 0) -> SpeakerStyle:
@@ -147,7 +148,7 @@ def synth_pose(loudness: np.ndarray, size: int, style: SpeakerStyle, rng: np.ran
     cx = size * (0.5 + style.x_offset)
     onset = np.clip(np.diff(loudness, prepend=loudness[:1]), 0, None)
     beat = _smooth(onset, 3) * 8.0  # gestures rise on syllable onsets
-    sway = _smooth(rng.normal(0, 1, t), 12) * 0.02 * size
+    sway = _smooth(rng.normal(0, 1, t), 12) * style.sway * size
     nod = _smooth(onset, 2) * 0.5 * s
     kp = np.zeros((t, 134, 3), np.float32)
     head_c = np.stack([cx + sway, np.full(t, 0.27 * s) + nod], 1)
@@ -283,13 +284,18 @@ class SyntheticSpec:
     seed: int = 0
     val_per_speaker: int = 1
     test_per_speaker: int = 1
+    sway: float = 0.02
 
 
 def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: int = 10, seconds: float = 4.0,
                     size: int = 64, seed: int = 0, val_per_speaker: int = 1, test_per_speaker: int = 1,
-                    progress: bool = True) -> list[ClipRecord]:
-    """Write a synthetic corpus at ``root``; the last clips of each speaker go to val/test."""
-    spec = SyntheticSpec(n_speakers, clips_per_speaker, seconds, size, seed, val_per_speaker, test_per_speaker)
+                    sway: float = 0.02, progress: bool = True) -> list[ClipRecord]:
+    """Write a synthetic corpus at ``root``; the last clips of each speaker go to val/test.
+
+    ``sway`` scales the slow whole-body sway (0.02: the figure stays almost in place; ~0.3: it drifts by a few
+    percent of the frame, so later frames differ from frame 0 and "copy the reference frame" stops being a
+    near-perfect video model)."""
+    spec = SyntheticSpec(n_speakers, clips_per_speaker, seconds, size, seed, val_per_speaker, test_per_speaker, sway)
     if clips_per_speaker <= val_per_speaker + test_per_speaker:
         raise ValueError(f"clips_per_speaker={clips_per_speaker} leaves no training clips "
                          f"(val {val_per_speaker} + test {test_per_speaker} per speaker)")
@@ -305,7 +311,7 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
     for s, c in tqdm(jobs, desc=f"synthetic corpus -> {root}", disable=not progress, unit="clip"):
         split = ("test" if c >= clips_per_speaker - test_per_speaker else
                  "val" if c >= clips_per_speaker - test_per_speaker - val_per_speaker else "train")
-        style = speaker_style(s, seed)
+        style = replace(speaker_style(s, seed), sway=sway)
         frames, audio, kp = synth_sequence(n_frames, size, seed=[seed, s, c], style=style)
         records.append(write_clip(root, f"spk{s}_{c:03d}", f"spk{s}", split, frames, audio, kp))
     write_manifest(root, records)

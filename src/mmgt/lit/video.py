@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -150,7 +151,8 @@ class VideoModule(L.LightningModule):
         net: the ``size.video`` block (codec, image_encoder, unet, pose_guider, audio_proj, audio_attention).
         attention: the ``attention`` group (``type`` none|cross|haa|mm_haa, ``blocks``, ``branch_weights``).
         loss: the ``loss`` group (snr_gamma, snr_plus_one, noise_offset, drop_image, drop_audio, cfg_per_sample).
-        optim: AdamW settings (lr, weight_decay, betas, eps, warmup_steps).
+        optim: AdamW settings (lr, weight_decay, betas, eps) and the lr schedule (warmup_steps, schedule
+            constant|cosine, total_steps, min_lr_ratio).
         substage: ``a`` or ``b`` (named so as not to clash with the DataModule's ``stage`` hparam).
         trainable: group names to train (default by stage, see ``DEFAULT_TRAINABLE``).
         init_from: checkpoint to initialise the net from (stage B: the stage-A ``.ckpt``); None = random init.
@@ -248,8 +250,21 @@ class VideoModule(L.LightningModule):
         params = [p for _, p in self._trainable_params()]
         opt = torch.optim.AdamW(params, lr=float(o.get("lr", 1e-4)), weight_decay=float(o.get("weight_decay", 0.01)),
                                 betas=tuple(o.get("betas", (0.9, 0.999))), eps=float(o.get("eps", 1e-8)))
-        warm = int(o.get("warmup_steps", 0))
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) if warm > 0 else 1.0)
+        warm, schedule = int(o.get("warmup_steps", 0)), str(o.get("schedule", "constant"))
+        if schedule not in ("constant", "cosine"):
+            raise ValueError(f"optim.schedule={schedule!r}: expected 'constant' or 'cosine'")
+        total = max(1, int(o.get("total_steps") or self.trainer.estimated_stepping_batches)) \
+            if schedule == "cosine" else 1
+        floor = float(o.get("min_lr_ratio", 0.0))
+
+        def factor(step: int) -> float:
+            # linear warm-up, then constant or a cosine decay to min_lr_ratio at total_steps (short runs end sharper)
+            f = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
+            if schedule == "cosine":
+                f *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+            return f
+
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
 
     def setup(self, stage: str) -> None:
