@@ -72,6 +72,20 @@ def test_psnr_ssim_match_scikit_image_per_frame_then_clip():
     assert float(p8.compute()) == pytest.approx(exp_p, abs=0.05)
 
 
+def test_separable_valid_ssim_equals_torchmetrics_map_without_border():
+    from torchmetrics.functional.image import structural_similarity_index_measure as tm_ssim
+
+    g = torch.Generator().manual_seed(4)
+    for h, w in ((11, 11), (23, 37), (64, 48)):  # 64x48: 2**16 // (3*64*48) = 7 frames a chunk, 9 take two
+        a = torch.rand(9, 3, h, w, generator=g)
+        b = (a + 0.2 * torch.randn(a.shape, generator=g)).clamp(0, 1)
+        _, full = tm_ssim(a, b, data_range=1.0, reduction="none", return_full_image=True)
+        expected = full[..., 5:-5, 5:-5].mean(dim=(1, 2, 3))
+        torch.testing.assert_close(SSIM()._frames(a, b), expected, rtol=0, atol=2e-6)
+    with pytest.raises(ValueError, match="11x11"):
+        SSIM()._frames(a[..., :10, :], b[..., :10, :])
+
+
 def test_lpips_matches_lpips_package_with_same_backbone_file(tmp_path, monkeypatch):
     import lpips
     import torchvision
@@ -289,6 +303,49 @@ def test_torchscript_i3d_file_is_accepted(tmp_path):
     gen, ref = _videos(7, b=3, t=16)
     fvd.update(gen, ref)
     assert fvd.compute() >= 0 and fvd.num_clips == 3
+
+
+def test_reference_cache_gives_identical_values_and_skips_the_reference_pass():
+    from mmgt.metrics.cache import FeatureCache
+
+    gen, ref = _videos(8, b=3, t=16)
+    opts = {"psnr": False, "ssim": False, "sync": False}
+    cached = MetricSuite(allow_random_weights=True, fvd={**FAST["fvd"], "reference_cache_mb": 8},
+                         lpips={"reference_cache_mb": 8, "frames_per_batch": 4}, **opts)
+    plain = MetricSuite(allow_random_weights=True, **FAST, **opts)
+    calls = {"i3d": 0, "alexnet": 0}
+    fvd, lp = cached.metrics["fvd"], cached.metrics["lpips"]
+    fvd.__dict__["_net"].register_forward_hook(lambda *_: calls.__setitem__("i3d", calls["i3d"] + 1))
+    lp.__dict__["_net"].net.register_forward_hook(lambda *_: calls.__setitem__("alexnet", calls["alexnet"] + 1))
+
+    plain.update(gen, ref)
+    cached.update(gen, ref)
+    first = cached.compute()
+    first_calls = dict(calls)
+    for key, value in plain.compute().items():  # the cache path computes the same numbers
+        assert first[key] == pytest.approx(value, rel=1e-5, abs=1e-7), key
+    # second evaluation of the same references: only the generated side goes through the networks
+    cached.reset()
+    cached.update(gen, ref)
+    assert cached.compute() == first  # bit-identical
+    assert calls["i3d"] - first_calls["i3d"] == 1  # one batch of 6 generated clips (clips_per_batch 8)
+    assert first_calls["i3d"] == 1 + 3  # first time also one call per reference video
+    assert calls["alexnet"] - first_calls["alexnet"] == 3 * 4  # 3 videos x 16 frames / 4 per batch, gen only
+    assert fvd.cache.hits == 3 and lp.cache.hits == 3 and len(fvd.cache) == 3
+    # different references miss (a changed pixel changes the key)
+    ref2 = ref.clone()
+    ref2[0, 0, 0, 0, 0] += 0.5
+    cached.update(gen, ref2)
+    assert fvd.cache.misses == 3 + 1 and fvd.cache.hits == 3 + 2
+
+    # bounded: least recently used entries go first; an entry over the whole budget is not kept
+    cache = FeatureCache(max_bytes=3 * 400)
+    for i in range(4):
+        cache.get_or_compute(bytes([i]), lambda: torch.zeros(100))
+    assert len(cache) == 3 and cache.nbytes == 1200 and bytes([0]) not in cache._items
+    cache.get_or_compute(b"big", lambda: torch.zeros(1000))
+    assert len(cache) == 3 and b"big" not in cache._items
+    assert not FeatureCache(0).enabled
 
 
 def test_missing_weight_file_error_names_file_key_and_source(tmp_path):

@@ -1,11 +1,16 @@
 """Throughput of the batched metric suite vs a straightforward per-frame loop on the same videos.
 
-    python experiments/bench/metrics.py [--videos 2 --frames 32 --size 128 --device cpu --weights-dir weights/]
+    python experiments/bench/metrics.py [--videos 2 --frames 32 --size 128 --device cpu --weights-dir weights/
+                                         --repeats 2 --threads N --reference-cache-mb 256 --no-flops]
 
 The loop is what one writes first: scikit-image PSNR/SSIM per frame, LPIPS one frame at a time, I3D one clip at a
 time, SyncNet one 5-frame window at a time and the published Python offset loop. Both paths use the same networks
 (random-init unless ``--weights-dir`` holds the published files) at the standard settings (I3D 224², 16-frame
-clips; SyncNet 224² crops). Prints frames/s of each and the ratio.
+clips; SyncNet 224² crops). Prints frames/s of each and the ratio (best of ``--repeats`` alternating runs: the
+machine may be shared), per part the network FLOPs (``torch.utils.flop_counter``), the achieved GFLOP/s and its
+share of this machine's float32 matmul peak (a 2048² matmul, measured in the same run), and an upper bound on the
+ratio: the loop's time over the suite's FLOPs at that peak. With ``--reference-cache-mb > 0`` it also times a
+second evaluation of the same references (FVD/LPIPS reference features from the cache), labelled as such.
 """
 
 from __future__ import annotations
@@ -13,14 +18,64 @@ from __future__ import annotations
 import argparse
 import time
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager, nullcontext
 
 import numpy as np
 import torch
 
+PARTS = ("psnr+ssim+lpips", "fvd", "sync")
+
+
+class Parts:
+    """Seconds (and optionally network FLOPs) spent per part of an evaluation."""
+
+    def __init__(self, device: torch.device, count_flops: bool = False):
+        self.device, self.count_flops = device, count_flops
+        self.seconds: dict[str, float] = {}
+        self.flops: dict[str, float] = {}
+
+    @contextmanager
+    def __call__(self, name: str) -> Iterator[None]:
+        from torch.utils.flop_counter import FlopCounterMode
+
+        counter = FlopCounterMode(display=False) if self.count_flops else nullcontext()
+        t = time.perf_counter()
+        with counter:
+            yield
+        if self.device.type == "cuda":
+            torch.cuda.synchronize()
+        self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - t
+        if self.count_flops:
+            self.flops[name] = self.flops.get(name, 0.0) + counter.get_total_flops()
+
+
+def matmul_peak(device: torch.device, n: int = 2048, reps: int = 3) -> float:
+    """Best float32 GFLOP/s of an n×n matmul on ``device`` (the machine's practical peak for the nets' GEMMs)."""
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    best = float("inf")
+    for _ in range(reps + 1):  # the first one warms up
+        t = time.perf_counter()
+        a @ b
+        if device.type == "cuda":
+            torch.cuda.synchronize()
+        best = min(best, time.perf_counter() - t)
+    return 2 * n**3 / best / 1e9
+
+
+def suite_pass(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tensor, parts: Parts) -> dict[str, float]:
+    """What ``suite.update`` + ``compute`` do, timed per member."""
+    suite.reset()
+    for key, metric in suite.metrics.items():
+        with parts("psnr+ssim+lpips" if key in ("psnr", "ssim", "lpips") else key):
+            metric.update(gen, audio) if key == "sync" else metric.update(gen, ref)
+    with parts("compute"):
+        return suite.compute()
+
 
 def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tensor,
-                  timers: dict[str, float]) -> dict[str, float]:
-    """Per-frame / per-clip / per-window evaluation with the suite's own networks; seconds per part in timers."""
+                  parts: Parts) -> dict[str, float]:
+    """Per-frame / per-clip / per-window evaluation with the suite's own networks, timed per part."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from mmgt.metrics.frechet import frechet_distance_from_features
@@ -36,45 +91,57 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
         for b in range(gen.shape[0]):
             g01, r01 = to_unit(gen[b]), to_unit(ref[b])
             gp, rp, ls = [], [], []
-            t0 = time.perf_counter()
-            for t in range(gen.shape[1]):
-                gn = g01[t].permute(1, 2, 0).cpu().double().numpy()
-                rn = r01[t].permute(1, 2, 0).cpu().double().numpy()
-                gp.append(peak_signal_noise_ratio(rn, gn, data_range=1.0))
-                rp.append(structural_similarity(rn, gn, data_range=1.0, channel_axis=-1, gaussian_weights=True,
-                                                sigma=1.5, use_sample_covariance=False))
-                ls.append(float(lp(g01[t:t + 1] * 2 - 1, r01[t:t + 1] * 2 - 1)))
-            t1 = time.perf_counter()
-            timers["psnr+ssim+lpips"] = timers.get("psnr+ssim+lpips", 0.0) + t1 - t0
+            with parts("psnr+ssim+lpips"):
+                for t in range(gen.shape[1]):
+                    gn = g01[t].permute(1, 2, 0).cpu().double().numpy()
+                    rn = r01[t].permute(1, 2, 0).cpu().double().numpy()
+                    gp.append(peak_signal_noise_ratio(rn, gn, data_range=1.0))
+                    rp.append(structural_similarity(rn, gn, data_range=1.0, channel_axis=-1, gaussian_weights=True,
+                                                    sigma=1.5, use_sample_covariance=False))
+                    ls.append(float(lp(g01[t:t + 1] * 2 - 1, r01[t:t + 1] * 2 - 1)))
             psnr.append(np.mean(gp))
             ssim.append(np.mean(rp))
             lpips_v.append(np.mean(ls))
-            for video, store in ((gen[b:b + 1], gen_f), (ref[b:b + 1], ref_f)):
-                for clip in video_to_clips(video, 16):
-                    c = torch.nn.functional.interpolate(to_unit(clip), size=(224, 224), mode="bilinear")
-                    store.append(i3d((c * 2 - 1).transpose(0, 1)[None]).double().cpu())
-            t2 = time.perf_counter()
-            timers["fvd"] = timers.get("fvd", 0.0) + t2 - t1
-            # SyncNet: whole-frame crops, one window at a time
-            frames = to_unit(gen[b]) * 255.0
-            h, w = frames.shape[-2:]
-            s = min(h, w) / 2.8
-            crops = crop_faces(frames.flip(1), np.tile([[w / 2, s, s]], (len(frames), 1)))
-            cc = torch.from_numpy(mfcc(audio[b].cpu().numpy())).to(dev)
-            v_emb, a_emb = [], []
-            for i in range(len(frames) - WINDOW):
-                v_emb.append(sync.forward_lip(crops[i:i + WINDOW].transpose(0, 1)[None]))
-                a_emb.append(sync.forward_aud(cc[None, None, :, 4 * i:4 * i + 20]))
-            v, a = torch.cat(v_emb).cpu(), torch.cat(a_emb).cpu()
-            padded = torch.nn.functional.pad(a, (0, 0, 15, 15))
-            dists = [torch.nn.functional.pairwise_distance(v[[i]].repeat(31, 1), padded[i:i + 31])
-                     for i in range(len(v))]
-            mdist = torch.stack(dists, 1).mean(1)
-            confs.append(float(torch.median(mdist) - mdist.min()))
-            assert audio.shape[1] >= len(frames) * HOP
-            timers["sync"] = timers.get("sync", 0.0) + time.perf_counter() - t2
+            with parts("fvd"):
+                for video, store in ((gen[b:b + 1], gen_f), (ref[b:b + 1], ref_f)):
+                    for clip in video_to_clips(video, 16):
+                        c = torch.nn.functional.interpolate(to_unit(clip), size=(224, 224), mode="bilinear")
+                        store.append(i3d((c * 2 - 1).transpose(0, 1)[None]).double().cpu())
+            with parts("sync"):
+                # SyncNet: whole-frame crops, one window at a time
+                frames = to_unit(gen[b]) * 255.0
+                h, w = frames.shape[-2:]
+                s = min(h, w) / 2.8
+                crops = crop_faces(frames.flip(1), np.tile([[w / 2, s, s]], (len(frames), 1)))
+                cc = torch.from_numpy(mfcc(audio[b].cpu().numpy())).to(dev)
+                v_emb, a_emb = [], []
+                for i in range(len(frames) - WINDOW):
+                    v_emb.append(sync.forward_lip(crops[i:i + WINDOW].transpose(0, 1)[None]))
+                    a_emb.append(sync.forward_aud(cc[None, None, :, 4 * i:4 * i + 20]))
+                v, a = torch.cat(v_emb).cpu(), torch.cat(a_emb).cpu()
+                padded = torch.nn.functional.pad(a, (0, 0, 15, 15))
+                dists = [torch.nn.functional.pairwise_distance(v[[i]].repeat(31, 1), padded[i:i + 31])
+                         for i in range(len(v))]
+                mdist = torch.stack(dists, 1).mean(1)
+                confs.append(float(torch.median(mdist) - mdist.min()))
+                assert audio.shape[1] >= len(frames) * HOP
+    with parts("compute"):
+        fvd = frechet_distance_from_features(torch.cat(gen_f), torch.cat(ref_f))
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lpips": float(np.mean(lpips_v)),
-            "fvd": frechet_distance_from_features(torch.cat(gen_f), torch.cat(ref_f)), "sync_c": float(np.mean(confs))}
+            "fvd": fvd, "sync_c": float(np.mean(confs))}
+
+
+def _best(runs: list[Parts]) -> dict[str, float]:
+    """Per part (and ``total``) the fastest of several runs."""
+    out = {k: min(r.seconds.get(k, float("nan")) for r in runs) for k in (*PARTS, "compute")}
+    out["total"] = min(sum(r.seconds.values()) for r in runs)
+    return out
+
+
+def _clear_caches(suite) -> None:
+    for m in suite.metrics.values():
+        if "cache" in m.__dict__:
+            m.__dict__["cache"].clear()
 
 
 def main() -> None:
@@ -86,11 +153,20 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights-dir", default=None)
+    ap.add_argument("--repeats", type=int, default=2, help="alternating suite/loop runs; the best of each counts")
+    ap.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    ap.add_argument("--reference-cache-mb", type=float, default=256.0,
+                    help="FVD/LPIPS reference-feature cache; > 0 adds the 'second evaluation' line")
+    ap.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP-counting passes")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
+    if args.threads:
+        torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     weights = {k: args.weights_dir for k in ("i3d", "syncnet", "alexnet")}
-    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False).to(dev)
+    cache = {"reference_cache_mb": args.reference_cache_mb}
+    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, lpips=cache,
+                        fvd=cache).to(dev)
     g = torch.Generator().manual_seed(0)
     shape = (args.videos, args.frames, 3, args.size, args.size)
     ref = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
@@ -99,37 +175,65 @@ def main() -> None:
     gen, ref = gen.to(dev), ref.to(dev)
     n_frames = args.videos * args.frames
 
-    def sync() -> None:
-        if dev.type == "cuda":
-            torch.cuda.synchronize()
-
     suite.update(gen[:1, :16], ref[:1, :16], audio=audio[:1, : 16 * 640])  # warm-up (lazy device moves, kernels)
-    suite.reset()
-    sync()
-    suite_timers: dict[str, float] = {}
-    t0 = time.perf_counter()
-    for key, metric in suite.metrics.items():  # what suite.update does, timed per member
-        t = time.perf_counter()
-        metric.update(gen, audio) if key == "sync" else metric.update(gen, ref)
-        sync()
-        part = "psnr+ssim+lpips" if key in ("psnr", "ssim", "lpips") else key
-        suite_timers[part] = suite_timers.get(part, 0.0) + time.perf_counter() - t
-    batched = suite.compute()
-    sync()
-    t_suite = time.perf_counter() - t0
-    loop_timers: dict[str, float] = {}
-    t0 = time.perf_counter()
-    looped = loop_baseline(suite, gen, ref, audio, loop_timers)
-    sync()
-    t_loop = time.perf_counter() - t0
+    peak = matmul_peak(dev)
+    suite_runs, loop_runs, warm_runs = [], [], []
+    for _ in range(max(1, args.repeats)):  # alternate, so a busy spell on a shared machine hits both
+        _clear_caches(suite)
+        suite_runs.append(Parts(dev))
+        batched = suite_pass(suite, gen, ref, audio, suite_runs[-1])
+        loop_runs.append(Parts(dev))
+        looped = loop_baseline(suite, gen, ref, audio, loop_runs[-1])
+        if args.reference_cache_mb > 0:  # the cache now holds these references' features
+            warm_runs.append(Parts(dev))
+            warm = suite_pass(suite, gen, ref, audio, warm_runs[-1])
+            assert warm == batched, (warm, batched)
+    peak = max(peak, matmul_peak(dev))
+    ts, tl = _best(suite_runs), _best(loop_runs)
+    flops_s = flops_l = flops_w = None
+    if not args.no_flops:
+        _clear_caches(suite)
+        flops_s, flops_l = Parts(dev, count_flops=True), Parts(dev, count_flops=True)
+        suite_pass(suite, gen, ref, audio, flops_s)
+        loop_baseline(suite, gen, ref, audio, flops_l)
+        if warm_runs:
+            flops_w = Parts(dev, count_flops=True)
+            suite_pass(suite, gen, ref, audio, flops_w)
+
     print(f"device={dev} videos={args.videos} frames={args.frames} size={args.size}px torch_threads="
-          f"{torch.get_num_threads()} (random-init nets unless --weights-dir)")
-    print(f"suite (batched): {t_suite:8.2f} s  {n_frames / t_suite:8.2f} frames/s")
-    print(f"per-frame loop : {t_loop:8.2f} s  {n_frames / t_loop:8.2f} frames/s")
-    print(f"ratio          : {t_loop / t_suite:8.2f}x")
-    for part in ("psnr+ssim+lpips", "fvd", "sync"):
-        a, b = suite_timers.get(part, float("nan")), loop_timers.get(part, float("nan"))
+          f"{torch.get_num_threads()} repeats={len(suite_runs)} (best of each; random-init nets unless "
+          f"--weights-dir)")
+    print(f"suite (batched): {ts['total']:8.2f} s  {n_frames / ts['total']:8.2f} frames/s")
+    print(f"per-frame loop : {tl['total']:8.2f} s  {n_frames / tl['total']:8.2f} frames/s")
+    print(f"ratio          : {tl['total'] / ts['total']:8.2f}x")
+    for part in PARTS:
+        a, b = ts[part], tl[part]
         print(f"  {part:16s} suite {a:7.2f} s  loop {b:7.2f} s  ratio {b / a:6.2f}x")
+    print(f"  {'compute':16s} suite {ts['compute']:7.2f} s  loop {tl['compute']:7.2f} s  (Fréchet step etc.)")
+    print(f"matmul peak (float32 2048², {torch.get_num_threads()} threads): {peak:8.1f} GFLOP/s")
+    if flops_s is not None:
+        for part in PARTS:
+            fs, fl = flops_s.flops.get(part, 0.0), flops_l.flops.get(part, 0.0)
+            gs, gl = fs / ts[part] / 1e9, fl / tl[part] / 1e9
+            print(f"  {part:16s} suite {fs / 1e9:7.1f} GFLOP {gs:7.1f} GFLOP/s {100 * gs / peak:5.1f}% of peak | "
+                  f"loop {fl / 1e9:7.1f} GFLOP {gl:7.1f} GFLOP/s {100 * gl / peak:5.1f}% | "
+                  f"ratio bound {tl[part] / (fs / 1e9 / peak):6.2f}x")
+        fs, fl = sum(flops_s.flops.values()), sum(flops_l.flops.values())
+        print(f"  {'all':16s} suite {fs / 1e9:7.1f} GFLOP {fs / ts['total'] / 1e9:7.1f} GFLOP/s "
+              f"{100 * fs / ts['total'] / 1e9 / peak:5.1f}% of peak | loop {fl / 1e9:7.1f} GFLOP "
+              f"{fl / tl['total'] / 1e9:7.1f} GFLOP/s {100 * fl / tl['total'] / 1e9 / peak:5.1f}%")
+        print(f"upper bound on the ratio (loop time / suite FLOPs at matmul peak): "
+              f"{tl['total'] / (fs / 1e9 / peak):6.2f}x")
+    if warm_runs:
+        tw = _best(warm_runs)
+        line = (f"second evaluation of the same references (FVD/LPIPS reference features cached): "
+                f"{tw['total']:6.2f} s  {n_frames / tw['total']:7.2f} frames/s  ratio vs loop "
+                f"{tl['total'] / tw['total']:5.2f}x")
+        if flops_w is not None:
+            fw = sum(flops_w.flops.values())
+            line += (f"  ({fw / 1e9:.1f} GFLOP, {100 * fw / tw['total'] / 1e9 / peak:.1f}% of peak; bound "
+                     f"{tl['total'] / (fw / 1e9 / peak):.2f}x)")
+        print(line)
     for k in ("psnr", "ssim", "lpips", "fvd", "sync_c"):
         key = next(n for n in batched if n.startswith(k))
         print(f"  {key:22s} suite {batched[key]:.5f}  loop {looped[k]:.5f}")

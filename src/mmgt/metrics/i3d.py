@@ -27,6 +27,7 @@ from torch import Tensor
 from torchmetrics import Metric
 
 from mmgt.metrics import weights as W
+from mmgt.metrics.cache import FeatureCache, content_key
 from mmgt.metrics.frechet import frechet_distance_from_features
 from mmgt.metrics.video import ensure_device, to_unit
 
@@ -41,13 +42,43 @@ def _same_pad(size: tuple[int, ...], kernel: tuple[int, ...], stride: tuple[int,
     return (wf, wb, hf, hb, tf, tb)
 
 
+def _symmetric(pads: tuple[int, ...]) -> tuple[int, int, int] | None:
+    """F.pad's (w_f, w_b, h_f, h_b, t_f, t_b) as a conv/pool ``padding=(t, h, w)`` when front == back, else None."""
+    return (pads[4], pads[2], pads[0]) if pads[0::2] == pads[1::2] else None
+
+
 class MaxPool3dSame(nn.MaxPool3d):
+    """Max pool with TF 'SAME' zero padding (as pytorch-i3d).
+
+    ``nonnegative_input``: the input is ≥ 0 (it follows a ReLU), so zero padding and the pool's own −inf padding
+    give the same maxima; symmetric padding is then left to the pool (no padded copy of the activation).
+    """
+
+    nonnegative_input = False
+
     def forward(self, x: Tensor) -> Tensor:
-        return super().forward(F.pad(x, _same_pad(tuple(x.shape[2:]), self.kernel_size, self.stride)))
+        size = tuple(x.shape[2:])
+        pads = _same_pad(size, self.kernel_size, self.stride)
+        if self.nonnegative_input:
+            sym = _symmetric(pads)
+            if sym is not None:
+                return F.max_pool3d(x, self.kernel_size, self.stride, padding=sym)
+            if not any(pads[0::2]):  # padding only at the back: ceil mode's partial last window is the same
+                out = F.max_pool3d(x, self.kernel_size, self.stride, ceil_mode=True)
+                if tuple(out.shape[2:]) == tuple(-(-n // st) for n, st in zip(size, self.stride)):
+                    return out
+        return super().forward(F.pad(x, pads))
 
 
 class Unit3D(nn.Module):
-    """Conv3d (no bias) + BatchNorm3d + ReLU with TF 'SAME' padding; names ``conv3d``/``bn`` as published."""
+    """Conv3d (no bias) + BatchNorm3d + ReLU with TF 'SAME' padding; names ``conv3d``/``bn`` as published.
+
+    Symmetric 'SAME' padding is passed to the convolution (no padded copy); a 1×1×1 conv runs as one GEMM on the
+    channels-last view (as fast as oneDNN's conv with 2 threads; with 1 thread, as in DDP ranks or workers, PyTorch
+    sends small-batch 1×1×1 conv3d to a slow im2col path whose output also drops the channels-last layout: the
+    whole I3D then runs 1.5x slower). :meth:`fuse_bn_` folds eval BatchNorm into the conv for inference (same
+    function up to float round-off).
+    """
 
     def __init__(self, cin: int, cout: int, kernel: tuple[int, int, int] = (1, 1, 1),
                  stride: tuple[int, int, int] = (1, 1, 1), activation: bool = True, batch_norm: bool = True,
@@ -58,10 +89,29 @@ class Unit3D(nn.Module):
         self.bn = nn.BatchNorm3d(cout, eps=1e-5, momentum=0.001) if batch_norm else None
 
     def forward(self, x: Tensor) -> Tensor:
-        x = self.conv3d(F.pad(x, _same_pad(tuple(x.shape[2:]), self.kernel, self.stride)))
+        w, b = self.conv3d.weight, self.conv3d.bias
+        if self.kernel == (1, 1, 1) and self.stride == (1, 1, 1):
+            x = F.linear(x.permute(0, 2, 3, 4, 1), w.flatten(1), b).permute(0, 4, 1, 2, 3)
+        else:
+            pads = _same_pad(tuple(x.shape[2:]), self.kernel, self.stride)
+            sym = _symmetric(pads)
+            x = F.conv3d(x, w, b, self.stride, sym) if sym is not None else F.conv3d(F.pad(x, pads), w, b, self.stride)
         if self.bn is not None:
             x = self.bn(x)
-        return F.relu(x) if self.activation else x
+        return F.relu_(x) if self.activation else x  # in place: x is a fresh conv/bn output
+
+    @torch.no_grad()
+    def fuse_bn_(self) -> Unit3D:
+        """Fold an eval-mode BatchNorm into the conv weight/bias (in place; only for inference nets)."""
+        if self.bn is None:
+            return self
+        bn, conv = self.bn, self.conv3d
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
+        conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))
+        conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+        self.bn = None
+        return self
 
 
 class InceptionModule(nn.Module):
@@ -106,6 +156,9 @@ class InceptionI3d(nn.Module):
         self.Mixed_5b = InceptionModule(832, (256, 160, 320, 32, 128, 128))
         self.Mixed_5c = InceptionModule(832, (384, 192, 384, 48, 128, 128))
         self.logits = Unit3D(1024, num_classes, activation=False, batch_norm=False, bias=True)
+        for m in self.modules():
+            if isinstance(m, MaxPool3dSame):
+                m.nonnegative_input = True  # every pool follows a ReLU
         self._trunk = ["Conv3d_1a_7x7", "MaxPool3d_2a_3x3", "Conv3d_2b_1x1", "Conv3d_2c_3x3", "MaxPool3d_3a_3x3",
                        "Mixed_3b", "Mixed_3c", "MaxPool3d_4a_3x3", "Mixed_4b", "Mixed_4c", "Mixed_4d", "Mixed_4e",
                        "Mixed_4f", "MaxPool3d_5a_2x2", "Mixed_5b", "Mixed_5c"]
@@ -174,8 +227,13 @@ def build_i3d(path: str | Path | None, *, allow_random_weights: bool = False,
 
 
 def _fast(model: nn.Module) -> nn.Module:
-    """Eval mode, no grads, channels-last 3-D weights (~1.8x faster conv3d on CPU, same values)."""
-    return model.eval().requires_grad_(False).to(memory_format=torch.channels_last_3d)
+    """Eval mode, no grads, BatchNorm folded into the convs, channels-last 3-D weights (~1.8x faster conv3d on
+    CPU); the same function up to float32 round-off."""
+    model = model.eval().requires_grad_(False)
+    for m in model.modules():
+        if isinstance(m, Unit3D):
+            m.fuse_bn_()
+    return model.to(memory_format=torch.channels_last_3d)
 
 
 def video_to_clips(video: Tensor, clip_frames: int) -> Tensor:
@@ -202,6 +260,8 @@ class FrechetVideoDistance(Metric):
 
     Features are gathered as cat-states (exact under DDP); :meth:`compute` needs ≥ 2 clips per side and returns
     ``nan`` (with a warning) otherwise. ``num_clips`` after compute says how many generated clips it used.
+    ``reference_cache_mb > 0`` keeps reference videos' features (fixed ground truth is then run through I3D once;
+    off by default, see :mod:`mmgt.metrics.cache`).
     """
 
     full_state_update = False
@@ -210,11 +270,14 @@ class FrechetVideoDistance(Metric):
 
     def __init__(self, i3d_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, clip_frames: int = 16, resize: int = 224,
-                 input_range: tuple[float, float] = (-1.0, 1.0), clips_per_batch: int = 8, **kwargs):
+                 input_range: tuple[float, float] = (-1.0, 1.0), clips_per_batch: int = 8,
+                 reference_cache_mb: float = 0.0, **kwargs):
         super().__init__(**kwargs)
         net, randinit = build_i3d(i3d_path, allow_random_weights=allow_random_weights,
                                   verify_checksums=verify_checksums)
         self.__dict__["_net"] = net  # out of the module tree: not in checkpoints, not seen by DDP
+        # reference-side features of fixed ground truth (3.2 kB per clip); see mmgt.metrics.cache
+        self.__dict__["cache"] = FeatureCache(int(reference_cache_mb * 2**20))
         self.randinit = randinit
         self.clip_frames, self.resize = int(clip_frames), int(resize)
         self.input_range = tuple(input_range)
@@ -233,19 +296,39 @@ class FrechetVideoDistance(Metric):
         clips = video_to_clips(video, self.clip_frames)
         out = []
         for i in range(0, clips.shape[0], self.clips_per_batch):
-            c = to_unit(clips[i:i + self.clips_per_batch], self.input_range)  # (n,T,C,H,W) in [0,1]
-            n, t = c.shape[:2]
-            c = F.interpolate(c.flatten(0, 1), size=(self.resize, self.resize), mode="bilinear",
-                              align_corners=False)
-            c = (c * 2 - 1).reshape(n, t, 3, self.resize, self.resize).transpose(1, 2)
-            out.append(net(c.contiguous(memory_format=torch.channels_last_3d)).double())
+            out.append(net(self._preprocess(clips[i:i + self.clips_per_batch])).double())
         return torch.cat(out)
+
+    def _preprocess(self, clips: Tensor) -> Tensor:
+        """``(n,T,C,H,W)`` clips -> ``(n,3,T,S,S)`` in [−1, 1], channels-last 3-D, S = ``resize``.
+
+        Scaled to [−1, 1] before the (linear, weights summing to 1) bilinear resize, i.e. on the smaller tensor,
+        and resized in channels-last 2-D, whose memory layout *is* channels-last 3-D: no copy afterwards.
+        """
+        n, t = clips.shape[:2]
+        c = to_unit(clips, self.input_range) * 2 - 1
+        c = c.flatten(0, 1).contiguous(memory_format=torch.channels_last)
+        if tuple(c.shape[-2:]) != (self.resize, self.resize):
+            c = F.interpolate(c, size=(self.resize, self.resize), mode="bilinear", align_corners=False)
+        c = c.contiguous(memory_format=torch.channels_last)  # (n·T, S, S, 3) in memory
+        return c.reshape(n, t, 3, self.resize, self.resize).transpose(1, 2)  # a view, channels-last 3-D
+
+    def reference_features(self, reference: Tensor) -> Tensor:
+        """:meth:`features` of reference videos, per video through the reference cache when it is enabled."""
+        cache: FeatureCache = self.__dict__["cache"]
+        if not cache.enabled:
+            return self.features(reference)
+        rows = []
+        for video in reference:
+            key = content_key(video, "i3d", self.clip_frames, self.resize, self.input_range)
+            rows.append(cache.get_or_compute(key, lambda v=video: self.features(v[None])))
+        return torch.cat(rows)
 
     def update(self, generated: Tensor, reference: Tensor | None = None) -> None:
         """Reference may be None to accumulate generated features only (e.g. against stored statistics)."""
         self.gen_features.append(self.features(generated))
         if reference is not None:
-            self.ref_features.append(self.features(reference))
+            self.ref_features.append(self.reference_features(reference))
 
     def compute(self) -> Tensor:
         gen, ref = _cat(self.gen_features), _cat(self.ref_features)

@@ -81,8 +81,8 @@ class SyncNet(nn.Module):
         """Embeddings of every 5-frame window of one clip ``(3, T, 224, 224)`` -> ``(T-4, embed_dim)``.
 
         Only the first conv of ``netcnnlip`` spans time (kernel 5, no temporal padding); every later layer has
-        temporal kernel 1. Running the trunk once over the clip therefore gives exactly the per-window outputs,
-        with 5x fewer first-layer FLOPs and no stacked copies of overlapping windows.
+        temporal kernel 1. Running the trunk once over the clip therefore gives exactly the per-window outputs
+        (the same FLOPs) in one batched call, without stacked copies of overlapping windows.
         """
         feats = self.netcnnlip(clip[None].contiguous(memory_format=torch.channels_last_3d))  # (1, 512, T-4, 1, 1)
         return self.netfclip(feats[0, :, :, 0, 0].transpose(0, 1))
@@ -107,9 +107,32 @@ def build_syncnet(path: str | Path | None, *, allow_random_weights: bool = False
 
 
 def _fast(net: SyncNet) -> SyncNet:
-    """Eval mode, no grads, channels-last 3-D lip trunk (~1.3x faster on CPU, same values)."""
+    """Eval mode, no grads, BatchNorm folded into the preceding conv/linear, channels-last 3-D lip trunk (~1.3x
+    faster on CPU); the same function up to float32 round-off."""
+    net = net.eval().requires_grad_(False)
+    for seq in (net.netcnnaud, net.netfcaud, net.netfclip, net.netcnnlip):
+        fold_batchnorm_(seq)
     net.netcnnlip.to(memory_format=torch.channels_last_3d)
-    return net.eval().requires_grad_(False)
+    return net
+
+
+_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
+
+
+@torch.no_grad()
+def fold_batchnorm_(seq: nn.Sequential) -> nn.Sequential:
+    """Fold each eval BatchNorm that directly follows a conv/linear into it, leaving ``nn.Identity`` in its place
+    (inference only: the running statistics become a per-channel scale of the weight plus a bias)."""
+    for i in range(1, len(seq)):
+        layer, bn = seq[i - 1], seq[i]
+        if not isinstance(bn, _BN) or not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            continue
+        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
+        bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
+        layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.ndim - 1)))
+        layer.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+        seq[i] = nn.Identity()
+    return seq
 
 
 # ---------------------------------------------------------------- audio

@@ -20,9 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics import Metric
-from torchmetrics.functional.image import peak_signal_noise_ratio, structural_similarity_index_measure
+from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mmgt.metrics import weights as W
+from mmgt.metrics.cache import FeatureCache, content_key
 
 
 def to_unit(video: Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -73,10 +74,14 @@ class _PerFrameMetric(Metric):
     def _frames(self, g: Tensor, r: Tensor) -> Tensor:  # (N,C,H,W) in [0,1] -> (N,)
         raise NotImplementedError
 
+    def per_video(self, generated: Tensor, reference: Tensor) -> Tensor:
+        """``(B, T)`` per-frame values of two videos in the input convention (LPIPS overrides it to cache)."""
+        return self.per_frame(to_unit(generated, self.input_range), to_unit(reference, self.input_range))
+
     def update(self, generated: Tensor, reference: Tensor) -> None:
         check_pair(generated, reference)
         with torch.no_grad():
-            vals = self.per_frame(to_unit(generated, self.input_range), to_unit(reference, self.input_range))
+            vals = self.per_video(generated, reference)
         per_clip = vals.double().mean(dim=1)
         self.last_per_clip = per_clip.tolist()  # not a state: per-video reports of the latest batch
         self.total += per_clip.sum()
@@ -105,19 +110,53 @@ class PSNR(_PerFrameMetric):
 class SSIM(_PerFrameMetric):
     """Per-frame SSIM (Gaussian window 11, σ=1.5, K=(0.01, 0.03), ``data_range=1``, mean over channels).
 
-    The SSIM map comes from torchmetrics; its 5-pixel border (where the window leaves the image) is excluded from
-    the mean, as in scikit-image / the Wang et al. reference code (torchmetrics' own mean includes the
-    reflection-padded border, which reads a few 1e-3 higher on small frames).
+    The mean is over the pixels where the window lies inside the image (a 5-pixel border excluded), as in
+    scikit-image / the Wang et al. reference code. That interior equals torchmetrics' SSIM map cropped by 5 (its
+    reflection padding only touches the border), so it is computed directly as a *valid* filter, and the 11×11
+    Gaussian as two 11-tap passes (it is separable): ~5x fewer operations than torchmetrics' padded 2-D grouped
+    conv, same numbers to float32 round-off. Frames are filtered in small chunks that stay in cache on CPU.
     """
 
     higher_is_better = True
     border = 5  # (11 - 1) // 2
+    k1, k2, sigma = 0.01, 0.03, 1.5
+    #: elements (frames·C·H·W) per inner chunk on CPU: 5 stacked float32 maps of this size fit a core's L2 cache
+    #: (64x that on a GPU)
+    chunk_elements = 1 << 16
+
+    def _taps(self) -> list[float]:
+        """The 11 normalised Gaussian weights, computed as torchmetrics does (float32)."""
+        d = torch.arange(-self.border, self.border + 1, dtype=torch.float32)
+        g = torch.exp(-torch.pow(d / self.sigma, 2) / 2)
+        return (g / g.sum()).tolist()
 
     def _frames(self, g: Tensor, r: Tensor) -> Tensor:
-        _, ssim_map = structural_similarity_index_measure(g, r, data_range=1.0, reduction="none",
-                                                          return_full_image=True)
-        b = self.border
-        return ssim_map[..., b:-b, b:-b].mean(dim=(1, 2, 3))
+        if min(g.shape[-2:]) <= 2 * self.border:
+            raise ValueError(f"SSIM needs frames of at least 11x11 pixels, got {tuple(g.shape[-2:])}")
+        budget = self.chunk_elements * (64 if g.is_cuda else 1)  # on a GPU: fewer, larger launches
+        n = max(1, budget // g[0].numel())
+        taps = self._taps()
+        return torch.cat([self._chunk(g[i:i + n], r[i:i + n], taps) for i in range(0, g.shape[0], n)])
+
+    @staticmethod
+    def _filter(x: Tensor, taps: list[float], dim: int) -> Tensor:
+        """Valid 1-D correlation of ``x`` along ``dim`` with ``taps`` (sum of shifted slices)."""
+        size = x.shape[dim] - len(taps) + 1
+        out = x.narrow(dim, 0, size) * taps[0]
+        for i, w in enumerate(taps[1:], 1):
+            out.add_(x.narrow(dim, i, size), alpha=w)
+        return out
+
+    def _chunk(self, g: Tensor, r: Tensor, taps: list[float]) -> Tensor:
+        x = torch.stack([g, r, g * g, r * r, g * r])  # (5, N, C, H, W)
+        mu_g, mu_r, gg, rr, gr = self._filter(self._filter(x, taps, -1), taps, -2)
+        c1, c2 = self.k1 ** 2, self.k2 ** 2  # data_range = 1
+        mu_gg, mu_rr, mu_gr = mu_g * mu_g, mu_r * mu_r, mu_g * mu_r
+        var_g = (gg - mu_gg).clamp_(min=0.0)
+        var_r = (rr - mu_rr).clamp_(min=0.0)
+        cov = gr - mu_gr
+        ssim_map = ((2 * mu_gr + c1) * (2 * cov + c2)) / ((mu_gg + mu_rr + c1) * (var_g + var_r + c2))
+        return ssim_map.mean(dim=(1, 2, 3))
 
 
 # ---------------------------------------------------------------- LPIPS
@@ -143,6 +182,7 @@ def build_lpips(alexnet_path: str | Path | None, *, allow_random_weights: bool =
     if path is not None:
         sd = torch.load(path, map_location="cpu", weights_only=True)
         load_alexnet_trunk(net.net, sd)
+    net.net.to(memory_format=torch.channels_last)  # ~1.2x faster trunk on CPU, same values to float round-off
     return net.eval().requires_grad_(False), randinit
 
 
@@ -165,24 +205,63 @@ def load_alexnet_trunk(trunk: torch.nn.Module, state_dict: dict[str, Tensor]) ->
 class LPIPS(_PerFrameMetric):
     """Per-frame LPIPS (v0.1, AlexNet trunk, spatial average; input [−1, 1]); lower is better.
 
-    The network is kept out of the module tree (not in checkpoints, not seen by DDP) and moved to the input's
-    device on first use.
+    Computed from the lpips model's own parts (scaling layer, trunk, ``normalize_tensor``, linear heads) exactly as
+    ``lpips.LPIPS.forward``, but with both sides in one trunk call and, when ``reference_cache_mb > 0``, the
+    reference side's normalised features kept in a :class:`~mmgt.metrics.cache.FeatureCache` (fixed ground truth is
+    then run through the trunk once; about 0.6 MB per 128² frame, 2.4 MB per 256² frame). The network is kept out
+    of the module tree (not in checkpoints, not seen by DDP) and moved to the input's device on first use.
     """
 
     higher_is_better = False
 
     def __init__(self, alexnet_path: str | Path | None = None, *, allow_random_weights: bool = False,
-                 verify_checksums: bool = True, frames_per_batch: int = 64, **kwargs):
+                 verify_checksums: bool = True, frames_per_batch: int = 64, reference_cache_mb: float = 0.0,
+                 **kwargs):
         super().__init__(frames_per_batch=frames_per_batch, **kwargs)
         net, randinit = build_lpips(alexnet_path, allow_random_weights=allow_random_weights,
                                     verify_checksums=verify_checksums)
         self.__dict__["_net"] = net  # unregistered on purpose
+        self.__dict__["cache"] = FeatureCache(int(reference_cache_mb * 2**20))
         self.randinit = randinit
         self.name_suffix = "_randinit" if randinit else ""
 
+    def features(self, frames: Tensor) -> tuple[Tensor, ...]:
+        """Unit-normalised trunk activations (one per layer) of ``(N, C, H, W)`` frames in [0, 1]."""
+        import lpips
+
+        net = ensure_device(self.__dict__["_net"], frames.device)
+        outs = net.net(net.scaling_layer(frames.contiguous(memory_format=torch.channels_last) * 2 - 1))
+        return tuple(lpips.normalize_tensor(o) for o in outs)
+
+    def distance(self, f0: tuple[Tensor, ...], f1: tuple[Tensor, ...]) -> Tensor:
+        """``(N,)`` LPIPS from two sides' :meth:`features` (linear heads on squared differences, spatial mean)."""
+        net = self.__dict__["_net"]
+        val = 0
+        for lin, a, b in zip(net.lins, f0, f1):
+            val = val + lin((a - b) ** 2).mean(dim=(2, 3), keepdim=True)
+        return val.reshape(-1).float()
+
     def _frames(self, g: Tensor, r: Tensor) -> Tensor:
-        net = ensure_device(self.__dict__["_net"], g.device)
-        return net(g * 2 - 1, r * 2 - 1).reshape(-1).float()
+        feats = self.features(torch.cat([g, r]))
+        n = g.shape[0]
+        return self.distance(tuple(f[:n] for f in feats), tuple(f[n:] for f in feats))
+
+    def _batched_features(self, frames: Tensor) -> tuple[Tensor, ...]:
+        step = self.frames_per_batch
+        parts = [self.features(frames[i:i + step]) for i in range(0, frames.shape[0], step)]
+        return tuple(torch.cat(layer) for layer in zip(*parts))
+
+    def per_video(self, generated: Tensor, reference: Tensor) -> Tensor:
+        cache: FeatureCache = self.__dict__["cache"]
+        if not cache.enabled:
+            return super().per_video(generated, reference)
+        rows = []
+        for gen, ref in zip(generated, reference):
+            key = content_key(ref, "lpips", self.input_range)
+            f_ref = cache.get_or_compute(key, lambda ref=ref: self._batched_features(to_unit(ref, self.input_range)))
+            f_gen = self._batched_features(to_unit(gen, self.input_range))
+            rows.append(self.distance(f_gen, f_ref))
+        return torch.stack(rows)
 
 
 def resize_video(video: Tensor, size: tuple[int, int]) -> Tensor:
