@@ -14,7 +14,8 @@ from tiny_configs import VIDEO_NET
 NET = VIDEO_NET
 INFO = dict(audio_embed_shape=[5, 2, 8], num_branches=3, frame_size=[16, 24], fps=25.0)
 K, H, W = 3, 16, 24
-STEPS_LEARN = 250  # held-out PSNR 18.8 dB at 16 px (init 7.5 dB, flat mean colour 16.2 dB); ~90 s on 2 cores
+STEPS_LEARN = 1000  # batch 16, 16 px, EMA: ~7 min on one core (500 steps or batch 8 do not beat copy-reference)
+COPY_MARGIN_DB = 1.5  # trained minus copy-reference PSNR; measured 2.8-4.3 dB over two seeds without EMA
 
 
 
@@ -320,17 +321,22 @@ def test_attention_configs(attention: str) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_on_synthetic_corpus(synthetic_corpus: Path, tmp_path: Path) -> None:
-    """Sub-stage A trained briefly on the synthetic corpus generates held-out frames far better than at init and
-    better than a flat frame of the right mean colour. (It does NOT beat copying the reference frame: on this corpus
-    copy-reference scores 38-42 dB because the figure barely moves; the numbers are in the video helper's note.)"""
+def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path) -> None:
+    """Sub-stage A, trained briefly on a synthetic corpus whose speakers drift sideways (``sway=0.8``), generates
+    held-out frames (val clips, reference = frame 0, windows from frame 1 on) better than copying the reference
+    frame: the pose it is given moved the figure, and the model follows it. Also far better than at init and than
+    a flat frame of the right mean colour. (On the default corpus, sway 0.02, the figure barely moves and copying
+    frame 0 scores ~42 dB at 16 px: no useful yardstick.)"""
     import lightning as L
 
     from mmgt.data.datamodule import PATSDataModule
+    from mmgt.data.synthetic import generate_corpus
     from mmgt.metrics import PSNR
 
-    dm = PATSDataModule(synthetic_corpus, "video", n_frames=1, image_size=16, latent_downsample=2, mask_levels=2,
-                        batch_size=8, val_batch_size=8, stride=1, val_stride=9, progress=False)
+    root = tmp_path / "moving"
+    generate_corpus(root, n_speakers=2, clips_per_speaker=5, seconds=3.0, size=64, seed=0, sway=0.8, progress=False)
+    dm = PATSDataModule(root, "video", n_frames=1, image_size=16, latent_downsample=2, mask_levels=2,
+                        batch_size=16, val_batch_size=16, stride=1, val_stride=9, progress=False)
     dm.prepare_data()
     dm.setup("fit")
     net = dict(codec=dict(type="pixel", factor=2), image_encoder=dict(type="conv", channels=[16, 32]),
@@ -339,10 +345,11 @@ def test_tiny_model_learns_on_synthetic_corpus(synthetic_corpus: Path, tmp_path:
                pose_guider=dict(channels=[16, 32]), audio_proj=dict(hidden_dim=32, tokens=2, dim=32))
     torch.manual_seed(0)
     m = VideoModule(net, attention={"type": "mm_haa", "blocks": ["down"]}, loss={"snr_gamma": 5.0},
-                    optim={"lr": 2e-3}, substage="a", sampling={"steps": 10, "guidance": 1.0},
-                    validation={"log_media": False}, data_info=dm.info())
+                    optim={"lr": 2e-3}, substage="a", sampling={"steps": 25, "guidance": 1.0},
+                    ema={"enabled": True, "decay": 0.995}, validation={"log_media": False}, data_info=dm.info())
     val = next(iter(dm.val_dataloader()))
     gt = val["frames"]
+    assert len(set(val["clip_id"])) == 2 and int(val["start"].min()) >= 1  # both val speakers; frame 0 excluded
 
     def psnr(video: torch.Tensor) -> float:
         metric = PSNR()
@@ -351,7 +358,8 @@ def test_tiny_model_learns_on_synthetic_corpus(synthetic_corpus: Path, tmp_path:
 
     def generated() -> float:
         m.eval()
-        out = psnr(m.generate(val, generator=torch.Generator().manual_seed(0)))
+        with m.ema_weights():
+            out = psnr(m.generate(val, generator=torch.Generator().manual_seed(0)))
         m.train()
         return out
 
@@ -365,5 +373,6 @@ def test_tiny_model_learns_on_synthetic_corpus(synthetic_corpus: Path, tmp_path:
     copy = psnr(val["ref_frame"][:, None].expand_as(gt))
     print(f"held-out PSNR: init {before:.2f} dB, trained {after:.2f} dB, flat mean colour {flat:.2f} dB, "
           f"copy reference {copy:.2f} dB")
-    assert after > before + 5.0
-    assert after > flat + 1.0
+    assert after > copy + COPY_MARGIN_DB
+    assert after > flat + 5.0
+    assert after > before + 10.0

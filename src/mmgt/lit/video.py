@@ -366,7 +366,8 @@ class VideoModule(L.LightningModule):
                                              self.sample_branch_weights(), generator=generator)
         return out.float()
 
-    def _ema_ctx(self):
+    def ema_weights(self) -> contextlib.AbstractContextManager:
+        """Context in which the trainable parameters hold their EMA (validation, generation); no-op without EMA."""
         if self.ema is None:
             return contextlib.nullcontext()
         return self.ema.applied([p for _, p in self._trainable_params()])
@@ -374,7 +375,7 @@ class VideoModule(L.LightningModule):
     def on_validation_epoch_start(self) -> None:
         self._prefix = "val" if not self.trainer.testing else "test"
         self._ema_stack = contextlib.ExitStack()
-        self._ema_stack.enter_context(self._ema_ctx())
+        self._ema_stack.enter_context(self.ema_weights())
 
     def on_validation_epoch_end(self) -> None:
         self._ema_stack.close()
