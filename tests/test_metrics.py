@@ -417,3 +417,33 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     assert np.mean([float(r["psnr"]) for r in per_video]) == pytest.approx(m["psnr"], rel=1e-6)
     assert np.mean([float(r["sync_d_randinit"]) for r in per_video]) == pytest.approx(m["sync_d_randinit"], rel=1e-5)
     assert "psnr" in proc.stdout
+
+
+def test_batchnorm_folding_keeps_the_function() -> None:
+    """The inference copies (BatchNorm folded into convs/linears, channels-last) compute what the published
+    layout computes, with non-trivial running statistics."""
+    import copy
+
+    from mmgt.metrics import i3d, syncnet
+
+    torch.manual_seed(0)
+    nets = {"i3d": i3d.InceptionI3d(), "sync": syncnet.SyncNet()}
+    for net in nets.values():
+        for m in net.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.running_mean.normal_(0, 0.1)
+                m.running_var.uniform_(0.5, 2.0)
+                m.weight.data.uniform_(0.5, 1.5)
+                m.bias.data.normal_(0, 0.1)
+        net.eval()
+    fast_i3d, fast_sync = i3d._fast(copy.deepcopy(nets["i3d"])), syncnet._fast(copy.deepcopy(nets["sync"]))
+    assert not any(isinstance(m, torch.nn.modules.batchnorm._BatchNorm)
+                   for net in (fast_i3d, fast_sync) for m in net.modules())
+    x, clip, aud = torch.randn(1, 3, 16, 64, 64), torch.randn(3, 7, 224, 224), torch.randn(1, 1, 13, 20)
+    with torch.no_grad():
+        pairs = [(nets["i3d"](x), fast_i3d(x.contiguous(memory_format=torch.channels_last_3d))),
+                 (nets["sync"].forward_lip_sliding(clip), fast_sync.forward_lip_sliding(clip)),
+                 (nets["sync"].forward_aud(aud), fast_sync.forward_aud(aud))]
+    for ref, fast in pairs:
+        assert ref.abs().max() > 1e-3
+        torch.testing.assert_close(fast, ref, rtol=1e-4, atol=1e-5)

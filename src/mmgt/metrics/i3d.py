@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchmetrics import Metric
 
 from mmgt.metrics import weights as W
@@ -102,15 +103,10 @@ class Unit3D(nn.Module):
 
     @torch.no_grad()
     def fuse_bn_(self) -> Unit3D:
-        """Fold an eval-mode BatchNorm into the conv weight/bias (in place; only for inference nets)."""
-        if self.bn is None:
-            return self
-        bn, conv = self.bn, self.conv3d
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = conv.bias if conv.bias is not None else torch.zeros_like(bn.running_mean)
-        conv.weight.mul_(scale.view(-1, 1, 1, 1, 1))
-        conv.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
-        self.bn = None
+        """Fold an eval-mode BatchNorm into the conv (torch's ``fuse_conv_bn_eval``; only for inference nets)."""
+        if self.bn is not None:
+            self.conv3d = fuse_conv_bn_eval(self.conv3d, self.bn)
+            self.bn = None
         return self
 
 

@@ -29,6 +29,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
+from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 from torchmetrics import Metric
 
 from mmgt.data.video_io import HOP, SAMPLE_RATE
@@ -121,16 +122,18 @@ _BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 
 @torch.no_grad()
 def fold_batchnorm_(seq: nn.Sequential) -> nn.Sequential:
-    """Fold each eval BatchNorm that directly follows a conv/linear into it, leaving ``nn.Identity`` in its place
-    (inference only: the running statistics become a per-channel scale of the weight plus a bias)."""
+    """Fold each eval BatchNorm that directly follows a conv/linear into it (torch's ``fuse_*_bn_eval``), leaving
+    ``nn.Identity`` in its place (inference only)."""
     for i in range(1, len(seq)):
         layer, bn = seq[i - 1], seq[i]
-        if not isinstance(bn, _BN) or not isinstance(layer, nn.Linear | nn.Conv1d | nn.Conv2d | nn.Conv3d):
+        if not isinstance(bn, _BN):
             continue
-        scale = bn.weight / torch.sqrt(bn.running_var + bn.eps)
-        bias = layer.bias if layer.bias is not None else torch.zeros_like(bn.running_mean)
-        layer.weight.mul_(scale.view(-1, *[1] * (layer.weight.ndim - 1)))
-        layer.bias = nn.Parameter(bn.bias + (bias - bn.running_mean) * scale, requires_grad=False)
+        if isinstance(layer, nn.Linear):
+            seq[i - 1] = fuse_linear_bn_eval(layer, bn)
+        elif isinstance(layer, nn.Conv1d | nn.Conv2d | nn.Conv3d):
+            seq[i - 1] = fuse_conv_bn_eval(layer, bn)
+        else:
+            continue
         seq[i] = nn.Identity()
     return seq
 
