@@ -77,6 +77,11 @@ class FeatureCache:
                 self.nbytes -= _nbytes(old)
         return value
 
+    def for_tensor(self, x: Tensor, compute: Callable[[], Tensor | tuple[Tensor, ...]], *context: object
+                   ) -> Tensor | tuple[Tensor, ...]:
+        """:meth:`get_or_compute` keyed by :func:`content_key` of ``x`` and ``context`` (the metric's settings)."""
+        return self.get_or_compute(content_key(x, *context), compute)
+
     def clear(self) -> None:
         self._items.clear()
         self.nbytes = 0

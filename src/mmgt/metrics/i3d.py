@@ -28,7 +28,7 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchmetrics import Metric
 
 from mmgt.metrics import weights as W
-from mmgt.metrics.cache import FeatureCache, content_key
+from mmgt.metrics.cache import FeatureCache
 from mmgt.metrics.frechet import frechet_distance_from_features
 from mmgt.metrics.video import ensure_device, to_unit
 
@@ -316,8 +316,8 @@ class FrechetVideoDistance(Metric):
             return self.features(reference)
         rows = []
         for video in reference:
-            key = content_key(video, "i3d", self.clip_frames, self.resize, self.input_range)
-            rows.append(cache.get_or_compute(key, lambda v=video: self.features(v[None])))
+            rows.append(cache.for_tensor(video, lambda v=video: self.features(v[None]),
+                                         "i3d", self.clip_frames, self.resize, self.input_range))
         return torch.cat(rows)
 
     def update(self, generated: Tensor, reference: Tensor | None = None) -> None:

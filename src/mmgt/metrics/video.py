@@ -23,7 +23,7 @@ from torchmetrics import Metric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mmgt.metrics import weights as W
-from mmgt.metrics.cache import FeatureCache, content_key
+from mmgt.metrics.cache import FeatureCache
 
 
 def to_unit(video: Tensor, input_range: tuple[float, float] = (-1.0, 1.0)) -> Tensor:
@@ -257,8 +257,8 @@ class LPIPS(_PerFrameMetric):
             return super().per_video(generated, reference)
         rows = []
         for gen, ref in zip(generated, reference):
-            key = content_key(ref, "lpips", self.input_range)
-            f_ref = cache.get_or_compute(key, lambda ref=ref: self._batched_features(to_unit(ref, self.input_range)))
+            f_ref = cache.for_tensor(ref, lambda ref=ref: self._batched_features(to_unit(ref, self.input_range)),
+                                     "lpips", self.input_range)
             f_gen = self._batched_features(to_unit(gen, self.input_range))
             rows.append(self.distance(f_gen, f_ref))
         return torch.stack(rows)
