@@ -37,7 +37,8 @@ from mmgt.metrics import (
 from mmgt.metrics.syncnet import crop_faces, face_track
 
 ROOT = Path(__file__).resolve().parents[1]
-FAST = {"fvd": {"resize": 16, "clip_frames": 8}}  # non-standard, cheap FVD (named fvd_r16_8f_*)
+# non-standard, cheap FVD (named fvd_r16_8f_*) and FID at 96² (fid_r96_*; FID is off unless asked for)
+FAST = {"fvd": {"resize": 16, "clip_frames": 8}, "fid": {"resize": 96}}
 
 
 def _videos(seed: int, b: int = 2, t: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -200,7 +201,8 @@ def test_mouth_crop_follows_face_keypoints():
 def test_identical_videos_give_ideal_values_and_randinit_names():
     suite = MetricSuite(allow_random_weights=True, **FAST)
     assert suite.names == ["psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "fvd_num_clips",
-                           "sync_c_randinit", "sync_d_randinit", "sync_offset_randinit", "sync_padded_clips"]
+                           "sync_c_randinit", "sync_d_randinit", "sync_offset_randinit", "sync_padded_clips",
+                           "fid_r96_randinit", "fid_num_frames"]
     _, ref = _videos(2, b=2, t=5)
     audio = torch.randn(2, 5 * 640) * 0.1
     suite.update(ref, ref.clone(), audio=audio)
@@ -210,6 +212,7 @@ def test_identical_videos_give_ideal_values_and_randinit_names():
     assert out["lpips_randinit"] == pytest.approx(0.0, abs=1e-6)
     assert out["fvd_r16_8f_randinit"] == pytest.approx(0.0, abs=1e-6)
     assert out["fvd_num_clips"] == 2  # 5-frame videos padded to one 8-frame clip each, not dropped
+    assert out["fid_r96_randinit"] == pytest.approx(0.0, abs=1e-6) and out["fid_num_frames"] == 10
     assert np.isfinite(out["sync_c_randinit"]) and out["sync_d_randinit"] > 0
     assert out["sync_padded_clips"] == 2  # 5 frames < 5 + 1: padded to one window, scored
     # and the random-init FVD is informative: different videos are far apart
@@ -217,6 +220,11 @@ def test_identical_videos_give_ideal_values_and_randinit_names():
     fvd.reset()
     fvd.update(ref, ref * 0.2 - 0.7)
     assert float(fvd.compute()) > 0.1
+    fid = suite.metrics["fid"]
+    fid.reset()
+    fid.update(ref, ref * 0.2 - 0.7)
+    assert float(fid.compute()) > 0.1
+    assert "fid" not in MetricSuite(allow_random_weights=True, fvd=False, lpips=False, sync=False).metrics
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, gen, ref, audio) -> None:
@@ -280,6 +288,55 @@ def test_published_key_layouts_load_from_files(tmp_path):
     assert torch.allclose(loaded.forward_aud(aud), net.forward_aud(aud))
 
 
+def test_fid_inception_loads_the_published_layout_and_matches_torchmetrics_fid(tmp_path):
+    import torchvision
+    from torchmetrics.image.fid import FrechetInceptionDistance as TorchmetricsFID
+
+    from mmgt.metrics import FrechetInceptionDistance, build_fid_inception
+    from mmgt.metrics.i3d import he_init
+
+    # pytorch-fid's file is a torchvision Inception3(num_classes=1008) state dict: build one with random weights
+    # (aux head included, as torchvision saves it) under the published name
+    torch.manual_seed(0)
+    tv = torchvision.models.inception_v3(weights=None, aux_logits=True, num_classes=1008, init_weights=False)
+    he_init(tv).eval()  # torchvision's own init blows activations up to ~1e11 through the 20 layers
+    with torch.no_grad():  # non-trivial BatchNorm statistics, so a wrong key mapping would show
+        for m in tv.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+    torch.save(tv.state_dict(), tmp_path / "pt_inception-2015-12-05-6726825d.pth")
+    _, randinit = build_fid_inception(tmp_path, verify_checksums=False)  # folder holding the published name;
+    assert not randinit  # loaded strictly, so every key of the published layout matched
+    with pytest.raises(ChecksumMismatchError, match="6726825d"):
+        build_fid_inception(tmp_path)
+    wrong = {k.replace("Mixed_7c", "Mixed_7x"): v for k, v in tv.state_dict().items()}
+    torch.save(wrong, tmp_path / "wrong.pth")
+    with pytest.raises(KeyError, match="not an FID Inception-v3 state dict"):
+        build_fid_inception(tmp_path / "wrong.pth", verify_checksums=False)
+
+    # the metric vs torchmetrics' own FID (torch-fidelity's network and loader, its sum-state statistics) on the
+    # same frames and the same weight file: an independent path to the same number
+    gen, ref = _videos(11, b=2, t=3, size=48)
+    fid = FrechetInceptionDistance(tmp_path / "pt_inception-2015-12-05-6726825d.pth", verify_checksums=False)
+    assert fid.name_suffix == ""
+    fid.update(gen, ref)
+    value = float(fid.compute())
+    # torchmetrics (unfolded BatchNorm) loads the same weights by name: the torchvision layout without AuxLogits;
+    # torch-fidelity unpickles the file, which is fine for our own file in a test
+    tm_file = tmp_path / "tm.pth"
+    torch.save({k: v for k, v in tv.state_dict().items() if not k.startswith("AuxLogits.")}, tm_file)
+    tm = TorchmetricsFID(feature=2048, feature_extractor_weights_path=str(tm_file), antialias=False)
+
+    def uint8(v: torch.Tensor) -> torch.Tensor:
+        return ((v.flatten(0, 1) + 1) / 2 * 255).round().to(torch.uint8)
+
+    tm.update(uint8(ref), real=True)
+    tm.update(uint8(gen), real=False)
+    assert fid.num_frames == 6
+    assert 1e-3 < value < 1e3 and value == pytest.approx(float(tm.compute()), rel=1e-5)
+
+
 def test_syncnet_sliding_lip_trunk_equals_per_window_forward():
     net = build_syncnet(None, allow_random_weights=True)[0]
     clip = torch.rand(3, 7, 224, 224) * 255
@@ -311,6 +368,7 @@ def test_reference_cache_gives_identical_values_and_skips_the_reference_pass():
     gen, ref = _videos(8, b=3, t=16)
     opts = {"psnr": False, "ssim": False, "sync": False}
     cached = MetricSuite(allow_random_weights=True, fvd={**FAST["fvd"], "reference_cache_mb": 8},
+                         fid={**FAST["fid"], "reference_cache_mb": 8},
                          lpips={"reference_cache_mb": 8, "frames_per_batch": 4}, **opts)
     plain = MetricSuite(allow_random_weights=True, **FAST, **opts)
     calls = {"i3d": 0, "alexnet": 0}
@@ -332,6 +390,7 @@ def test_reference_cache_gives_identical_values_and_skips_the_reference_pass():
     assert first_calls["i3d"] == 1 + 3  # first time also one call per reference video
     assert calls["alexnet"] - first_calls["alexnet"] == 3 * 4  # 3 videos x 16 frames / 4 per batch, gen only
     assert fvd.cache.hits == 3 and lp.cache.hits == 3 and len(fvd.cache) == 3
+    assert cached.metrics["fid"].cache.hits == 3  # FID shares FVD's reference path (FrechetMetric)
     # different references miss (a changed pixel changes the key)
     ref2 = ref.clone()
     ref2[0, 0, 0, 0, 0] += 0.5
@@ -358,6 +417,8 @@ def test_missing_weight_file_error_names_file_key_and_source(tmp_path):
         assert part in msg
     with pytest.raises(MissingMetricWeightsError, match="metrics.weights.syncnet"):
         MetricSuite({}, psnr=False, ssim=False, lpips=False, fvd=False)
+    with pytest.raises(MissingMetricWeightsError, match="pt_inception-2015-12-05-6726825d.pth.*pytorch-fid"):
+        MetricSuite({}, psnr=False, ssim=False, lpips=False, fvd=False, sync=False, fid=True)
 
 
 # ---------------------------------------------------------------- CLI
@@ -398,7 +459,7 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mmgt.evaluate", f"generated={tmp_path / 'gen'}", f"reference={tmp_path / 'ref'}",
          "allow_missing=true", "metrics.allow_random_weights=true", "metrics.fvd.resize=16",
-         "metrics.fvd.clip_frames=8", f"hydra.run.dir={out}"],
+         "metrics.fvd.clip_frames=8", "metrics.fid.enabled=true", "metrics.fid.resize=96", f"hydra.run.dir={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
@@ -408,6 +469,7 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     m = report["metrics"]
     assert {"psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "sync_c_randinit", "sync_d_randinit"} <= set(m)
     assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
+    assert m["fid_r96_randinit"] > 0 and m["fid_num_frames"] == 16 + 14  # optional FID from the config: every frame
     assert (out / "metrics.csv").read_text().startswith("metric,value\npsnr,")
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     import csv

@@ -26,7 +26,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 
-PARTS = ("psnr+ssim+lpips", "fvd", "sync")
+PARTS = ("psnr+ssim+lpips", "fvd", "sync", "fid")
 
 
 class Parts:
@@ -91,7 +91,7 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
     m = suite.metrics
     lp, i3d, sync = m["lpips"].__dict__["_net"], m["fvd"].__dict__["_net"], m["sync"].__dict__["_net"]
     dev = gen.device
-    psnr, ssim, lpips_v, gen_f, ref_f, confs = [], [], [], [], [], []
+    psnr, ssim, lpips_v, gen_f, ref_f, confs, fid_g, fid_r = [], [], [], [], [], [], [], []
     with torch.no_grad():
         for b in range(gen.shape[0]):
             g01, r01 = to_unit(gen[b]), to_unit(ref[b])
@@ -112,6 +112,13 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
                     for clip in video_to_clips(video, 16):
                         c = torch.nn.functional.interpolate(to_unit(clip), size=(224, 224), mode="bilinear")
                         store.append(i3d((c * 2 - 1).transpose(0, 1)[None]).double().cpu())
+            if "fid" in m:  # Inception one frame at a time (uint8, as the suite feeds it)
+                with parts("fid"):
+                    net = m["fid"].__dict__["_net"]
+                    for video, store in ((gen[b], fid_g), (ref[b], fid_r)):
+                        for t in range(video.shape[0]):
+                            frame = (to_unit(video[t:t + 1]) * 255).round().to(torch.uint8)
+                            store.append(net(frame).double().cpu())
             with parts("sync"):
                 # SyncNet: whole-frame crops, one window at a time
                 frames = to_unit(gen[b]) * 255.0
@@ -132,8 +139,9 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
                 assert audio.shape[1] >= len(frames) * HOP
     with parts("compute"):
         fvd = frechet_distance_from_features(torch.cat(gen_f), torch.cat(ref_f))
+        fid = frechet_distance_from_features(torch.cat(fid_g), torch.cat(fid_r)) if fid_g else float("nan")
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lpips": float(np.mean(lpips_v)),
-            "fvd": fvd, "sync_c": float(np.mean(confs))}
+            "fvd": fvd, "sync_c": float(np.mean(confs)), "fid": fid}
 
 
 def _best(runs: list[Parts]) -> dict[str, float]:
@@ -163,18 +171,20 @@ def main() -> None:
     ap.add_argument("--reference-cache-mb", type=float, default=256.0,
                     help="FVD/LPIPS reference-feature cache; > 0 adds the 'second evaluation' line")
     ap.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP-counting passes")
+    ap.add_argument("--fid", action="store_true", help="include the optional FID (Inception-v3 at 299² per frame)")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
     weights = {k: args.weights_dir for k in ("i3d", "syncnet", "alexnet")}
-    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False).to(dev)
+    weights["inception"] = args.weights_dir
+    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, fid=args.fid).to(dev)
     cached = None
     if args.reference_cache_mb > 0:
         cache = {"reference_cache_mb": args.reference_cache_mb}
         cached = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, lpips=cache,
-                             fvd=cache).to(dev)
+                             fvd=cache, fid=cache if args.fid else False).to(dev)
     g = torch.Generator().manual_seed(0)
     shape = (args.videos, args.frames, 3, args.size, args.size)
     ref = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
@@ -213,20 +223,21 @@ def main() -> None:
             flops_w = Parts(dev, count_flops=True)
             suite_pass(cached, gen, ref, audio, flops_w)
 
+    used = [p for p in PARTS if p != "fid" or args.fid]
     print(f"device={dev} videos={args.videos} frames={args.frames} size={args.size}px torch_threads="
           f"{torch.get_num_threads()} repeats={len(suite_runs)} (best of each; random-init nets unless "
           f"--weights-dir)")
     print(f"suite (batched): {ts['total']:8.2f} s  {n_frames / ts['total']:8.2f} frames/s")
     print(f"per-frame loop : {tl['total']:8.2f} s  {n_frames / tl['total']:8.2f} frames/s")
     print(f"ratio          : {tl['total'] / ts['total']:8.2f}x")
-    for part in PARTS:
+    for part in used:
         a, b = ts[part], tl[part]
         print(f"  {part:16s} suite {a:7.2f} s  loop {b:7.2f} s  ratio {b / a:6.2f}x")
     print(f"  {'compute':16s} suite {ts['compute']:7.2f} s  loop {tl['compute']:7.2f} s  (Fréchet step etc.)")
     print(f"matmul peak (float32 {8192 if dev.type == 'cuda' else 2048}², "
           f"{'GPU' if dev.type == 'cuda' else f'{torch.get_num_threads()} threads'}): {peak:8.1f} GFLOP/s")
     if flops_s is not None:
-        for part in PARTS:
+        for part in used:
             fs, fl = flops_s.flops.get(part, 0.0), flops_l.flops.get(part, 0.0)
             gs, gl = fs / ts[part] / 1e9, fl / tl[part] / 1e9
             print(f"  {part:16s} suite {fs / 1e9:7.1f} GFLOP {gs:7.1f} GFLOP/s {100 * gs / peak:5.1f}% of peak | "
@@ -251,7 +262,7 @@ def main() -> None:
             line += (f"  ({fw / 1e9:.1f} GFLOP, {100 * fw / tw['total'] / 1e9 / peak:.1f}% of peak; bound "
                      f"{tl['total'] / (fw / 1e9 / peak):.2f}x)")
         print(line)
-    for k in ("psnr", "ssim", "lpips", "fvd", "sync_c"):
+    for k in ("psnr", "ssim", "lpips", "fvd", "sync_c", "fid")[: 6 if args.fid else 5]:
         key = next(n for n in batched if n.startswith(k))
         print(f"  {key:22s} suite {batched[key]:.5f}  loop {looped[k]:.5f}")
 

@@ -141,7 +141,7 @@ def print_table(metrics: dict[str, float], n_pairs: int) -> None:
     table.add_column("metric")
     table.add_column("value", justify="right")
     for k, v in metrics.items():
-        text = str(v) if not math.isfinite(v) else f"{int(v)}" if k.endswith("num_clips") else f"{v:.4f}"
+        text = str(v) if not math.isfinite(v) else f"{int(v)}" if "_num_" in k else f"{v:.4f}"
         table.add_row(k, text)
     Console().print(table)
 

@@ -1,4 +1,5 @@
-"""Fréchet distance between Gaussians fitted to feature sets (FVD, FID, FGD share it).
+"""Fréchet distance between Gaussians fitted to feature sets (FVD, FID, FGD share it), and the metric base class
+FVD and FID share (:class:`FrechetMetric`).
 
 ``d² = ‖μ₁−μ₂‖² + Tr(Σ₁ + Σ₂ − 2 (Σ₁Σ₂)^{1/2})`` in float64. The trace of the matrix square root is taken as
 ``Tr((Σ₁^{1/2} Σ₂ Σ₁^{1/2})^{1/2})`` — the same number, but of a symmetric PSD matrix, so two ``eigh`` calls give it
@@ -9,8 +10,15 @@ feature dimensions Σ is rank-deficient and the value is noisy: always report th
 
 from __future__ import annotations
 
+import math
+import warnings
+
 import numpy as np
 import torch
+from torch import Tensor
+from torchmetrics import Metric
+
+from mmgt.metrics.cache import FeatureCache
 
 ArrayLike = np.ndarray | torch.Tensor
 
@@ -61,3 +69,66 @@ def frechet_distance_from_features(features1: ArrayLike, features2: ArrayLike) -
     mu1, s1 = feature_statistics(features1)
     mu2, s2 = feature_statistics(features2)
     return frechet_distance(mu1, s1, mu2, s2)
+
+
+def _cat(state: list[Tensor] | Tensor) -> Tensor:
+    """A cat-state as one ``(N, D)`` tensor (lists before sync, a tensor after; empty -> (0, 0))."""
+    if isinstance(state, Tensor):
+        return state if state.ndim == 2 else state.reshape(0, 0)
+    return torch.cat(state) if state else torch.zeros(0, 0, dtype=torch.float64)
+
+
+class FrechetMetric(Metric):
+    """Fréchet distance between network features of generated and reference videos ``(B,T,C,H,W)``.
+
+    What FVD and FID share: features are gathered as cat-states (exact under DDP), :meth:`compute` needs ≥ 2
+    samples per side and returns ``nan`` (with a warning) otherwise, ``num_samples`` after compute says how many
+    generated samples (clips, frames) it used, and ``reference_cache_mb > 0`` keeps reference videos' features
+    (fixed ground truth then runs through the network once; see :mod:`mmgt.metrics.cache`). Subclasses say how a
+    batch of videos becomes ``(N, D)`` features (:meth:`features`) and what the cache key depends on.
+    """
+
+    full_state_update = False
+    is_differentiable = False
+    higher_is_better = False
+    #: what one feature row is, for messages ("clips", "frames")
+    sample_name = "samples"
+
+    def __init__(self, *, reference_cache_mb: float = 0.0, **kwargs):
+        super().__init__(**kwargs)
+        self.__dict__["cache"] = FeatureCache(int(reference_cache_mb * 2**20))
+        self.add_state("gen_features", [], dist_reduce_fx="cat")
+        self.add_state("ref_features", [], dist_reduce_fx="cat")
+        self.num_samples = 0
+
+    def features(self, video: Tensor) -> Tensor:
+        """``(N, D)`` float64 features of a batch of videos ``(B,T,C,H,W)``."""
+        raise NotImplementedError
+
+    def cache_key(self) -> tuple:
+        """Settings that change :meth:`features` (part of the reference-cache key)."""
+        return (type(self).__name__,)
+
+    def reference_features(self, reference: Tensor) -> Tensor:
+        """:meth:`features` of reference videos, per video through the reference cache when it is enabled."""
+        cache: FeatureCache = self.__dict__["cache"]
+        if not cache.enabled:
+            return self.features(reference)
+        rows = [cache.for_tensor(video, lambda v=video: self.features(v[None]), *self.cache_key())
+                for video in reference]
+        return torch.cat(rows)
+
+    def update(self, generated: Tensor, reference: Tensor | None = None) -> None:
+        """Reference may be None to accumulate generated features only (e.g. against stored statistics)."""
+        self.gen_features.append(self.features(generated))
+        if reference is not None:
+            self.ref_features.append(self.reference_features(reference))
+
+    def compute(self) -> Tensor:
+        gen, ref = _cat(self.gen_features), _cat(self.ref_features)
+        self.num_samples = int(gen.shape[0])
+        if min(gen.shape[0], ref.shape[0]) < 2:
+            warnings.warn(f"{type(self).__name__} needs at least 2 {self.sample_name} per side (got "
+                          f"{gen.shape[0]} and {ref.shape[0]}); returning nan", stacklevel=2)
+            return torch.tensor(math.nan, dtype=torch.float64)
+        return torch.tensor(frechet_distance_from_features(gen, ref), dtype=torch.float64)

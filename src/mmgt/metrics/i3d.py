@@ -15,8 +15,6 @@ or ``clip_frames`` other than 16 are non-standard (cheap tests) and show up in t
 
 from __future__ import annotations
 
-import math
-import warnings
 import zipfile
 from pathlib import Path
 
@@ -25,11 +23,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
-from torchmetrics import Metric
 
 from mmgt.metrics import weights as W
-from mmgt.metrics.cache import FeatureCache
-from mmgt.metrics.frechet import frechet_distance_from_features
+from mmgt.metrics.frechet import FrechetMetric
 from mmgt.metrics.video import ensure_device, to_unit
 
 
@@ -244,36 +240,24 @@ def video_to_clips(video: Tensor, clip_frames: int) -> Tensor:
     return video[:, : n * clip_frames].reshape(b * n, clip_frames, *video.shape[2:])
 
 
-def _cat(state: list[Tensor] | Tensor) -> Tensor:
-    """A cat-state as one ``(N, D)`` tensor (lists before sync, a tensor after; empty -> (0, 0))."""
-    if isinstance(state, Tensor):
-        return state if state.ndim == 2 else state.reshape(0, 0)
-    return torch.cat(state) if state else torch.zeros(0, 0, dtype=torch.float64)
-
-
-class FrechetVideoDistance(Metric):
+class FrechetVideoDistance(FrechetMetric):
     """FVD between generated and reference videos ``(B,T,C,H,W)`` (uint8, or float in ``input_range``).
 
-    Features are gathered as cat-states (exact under DDP); :meth:`compute` needs ≥ 2 clips per side and returns
-    ``nan`` (with a warning) otherwise. ``num_clips`` after compute says how many generated clips it used.
-    ``reference_cache_mb > 0`` keeps reference videos' features (fixed ground truth is then run through I3D once;
-    off by default, see :mod:`mmgt.metrics.cache`).
+    Kinetics-400 I3D logits of non-overlapping ``clip_frames`` clips at ``resize``²; states, DDP, the ≥ 2-clip rule
+    and the optional reference cache (``reference_cache_mb``, 3.2 kB per clip) come from
+    :class:`~mmgt.metrics.frechet.FrechetMetric`. ``num_clips`` after compute says how many generated clips it used.
     """
 
-    full_state_update = False
-    is_differentiable = False
-    higher_is_better = False
+    sample_name = "clips"
 
     def __init__(self, i3d_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, clip_frames: int = 16, resize: int = 224,
                  input_range: tuple[float, float] = (-1.0, 1.0), clips_per_batch: int = 8,
                  reference_cache_mb: float = 0.0, **kwargs):
-        super().__init__(**kwargs)
+        super().__init__(reference_cache_mb=reference_cache_mb, **kwargs)
         net, randinit = build_i3d(i3d_path, allow_random_weights=allow_random_weights,
                                   verify_checksums=verify_checksums)
         self.__dict__["_net"] = net  # out of the module tree: not in checkpoints, not seen by DDP
-        # reference-side features of fixed ground truth (3.2 kB per clip); see mmgt.metrics.cache
-        self.__dict__["cache"] = FeatureCache(int(reference_cache_mb * 2**20))
         self.randinit = randinit
         self.clip_frames, self.resize = int(clip_frames), int(resize)
         self.input_range = tuple(input_range)
@@ -281,9 +265,10 @@ class FrechetVideoDistance(Metric):
         self.name_suffix = ((f"_r{self.resize}" if self.resize != 224 else "")
                             + (f"_{self.clip_frames}f" if self.clip_frames != 16 else "")
                             + ("_randinit" if randinit else ""))
-        self.add_state("gen_features", [], dist_reduce_fx="cat")
-        self.add_state("ref_features", [], dist_reduce_fx="cat")
-        self.num_clips = 0
+
+    @property
+    def num_clips(self) -> int:
+        return self.num_samples
 
     @torch.no_grad()
     def features(self, video: Tensor) -> Tensor:
@@ -309,28 +294,5 @@ class FrechetVideoDistance(Metric):
         c = c.contiguous(memory_format=torch.channels_last)  # (n·T, S, S, 3) in memory
         return c.reshape(n, t, 3, self.resize, self.resize).transpose(1, 2)  # a view, channels-last 3-D
 
-    def reference_features(self, reference: Tensor) -> Tensor:
-        """:meth:`features` of reference videos, per video through the reference cache when it is enabled."""
-        cache: FeatureCache = self.__dict__["cache"]
-        if not cache.enabled:
-            return self.features(reference)
-        rows = []
-        for video in reference:
-            rows.append(cache.for_tensor(video, lambda v=video: self.features(v[None]),
-                                         "i3d", self.clip_frames, self.resize, self.input_range))
-        return torch.cat(rows)
-
-    def update(self, generated: Tensor, reference: Tensor | None = None) -> None:
-        """Reference may be None to accumulate generated features only (e.g. against stored statistics)."""
-        self.gen_features.append(self.features(generated))
-        if reference is not None:
-            self.ref_features.append(self.reference_features(reference))
-
-    def compute(self) -> Tensor:
-        gen, ref = _cat(self.gen_features), _cat(self.ref_features)
-        self.num_clips = int(gen.shape[0])
-        if min(gen.shape[0], ref.shape[0]) < 2:
-            warnings.warn(f"FVD needs at least 2 clips per side (got {gen.shape[0]} and {ref.shape[0]}); "
-                          "returning nan", stacklevel=2)
-            return torch.tensor(math.nan, dtype=torch.float64)
-        return torch.tensor(frechet_distance_from_features(gen, ref), dtype=torch.float64)
+    def cache_key(self) -> tuple:
+        return ("i3d", self.clip_frames, self.resize, self.input_range)

@@ -1,7 +1,7 @@
 """The video metric suite the LightningModules and ``mmgt.evaluate`` call: one ``update``, one ``compute``.
 
 Names are stable (DESIGN §6): ``psnr, ssim, lpips, fvd, fvd_num_clips, sync_c, sync_d, sync_offset,
-sync_padded_clips``; a metric
+sync_padded_clips`` (+ ``fid, fid_num_frames`` when FID is enabled); a metric
 whose feature network is random-init gets ``_randinit`` (``lpips_randinit``, ``fvd_randinit``, ``sync_c_randinit``
 ...), a non-standard FVD resolution/clip length ``_r<size>``/``_<n>f`` — a number that is not the published protocol
 never carries the bare name. Every member is a torchmetrics ``Metric`` with sum/cat states, so ``compute`` is exact
@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 from torch import Tensor, nn
 
+from mmgt.metrics.fid import FrechetInceptionDistance
 from mmgt.metrics.i3d import FrechetVideoDistance
 from mmgt.metrics.syncnet import SyncScore
 from mmgt.metrics.video import LPIPS, PSNR, SSIM
@@ -39,21 +40,24 @@ def _opts(value: bool | Mapping | None) -> dict[str, Any] | None:
 
 
 class MetricSuite(nn.Module):
-    """PSNR, SSIM, LPIPS, FVD and Sync-C/D over batches of generated vs reference videos ``(B,T,C,H,W)``.
+    """PSNR, SSIM, LPIPS, FVD, Sync-C/D (and optionally FID) over batches of generated vs reference videos
+    ``(B,T,C,H,W)``.
 
     Args:
-        weights: ``{"i3d": path, "syncnet": path, "alexnet": path}`` (config ``metrics.weights``).
+        weights: ``{"i3d": path, "syncnet": path, "alexnet": path, "inception": path}`` (config
+            ``metrics.weights``; ``inception`` only for FID).
         allow_random_weights: random-init feature nets when a file is missing (tests/quickstart); names get
             ``_randinit``. Otherwise a missing file raises ``MissingMetricWeightsError`` at construction.
         verify_checksums: check files against the published checksums of :mod:`mmgt.metrics.weights`.
         input_range: value range of float videos (uint8 videos are always [0, 255]).
-        psnr, ssim, lpips, fvd, sync: ``True``/``False`` or kwargs of the metric class (``enabled: false`` off).
+        psnr, ssim, lpips, fvd, sync, fid: ``True``/``False`` or kwargs of the metric class (``enabled: false``
+            off). FID is off unless asked for: an Inception pass per frame is the suite's most expensive part.
     """
 
     def __init__(self, weights: Mapping[str, Any] | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, input_range: tuple[float, float] | list[float] = (-1.0, 1.0),
                  psnr: bool | Mapping = True, ssim: bool | Mapping = True, lpips: bool | Mapping = True,
-                 fvd: bool | Mapping = True, sync: bool | Mapping = True):
+                 fvd: bool | Mapping = True, sync: bool | Mapping = True, fid: bool | Mapping = False):
         super().__init__()
         w = dict(_opts(weights) or {})
         common = {"input_range": tuple(input_range)}
@@ -69,6 +73,8 @@ class MetricSuite(nn.Module):
             self.metrics["fvd"] = FrechetVideoDistance(w.get("i3d"), **nets, **common, **o)
         if (o := _opts(sync)) is not None:
             self.metrics["sync"] = SyncScore(w.get("syncnet"), **nets, **common, **o)
+        if (o := _opts(fid)) is not None:
+            self.metrics["fid"] = FrechetInceptionDistance(w.get("inception"), **nets, **common, **o)
         self._warned_audio = False
 
     @property
@@ -81,6 +87,8 @@ class MetricSuite(nn.Module):
                 out += [f"sync_c{sfx}", f"sync_d{sfx}", f"sync_offset{sfx}", "sync_padded_clips"]
             elif key == "fvd":
                 out += [f"fvd{sfx}", "fvd_num_clips"]
+            elif key == "fid":
+                out += [f"fid{sfx}", "fid_num_frames"]
             else:
                 out.append(f"{key}{sfx}")
         return out
@@ -109,7 +117,7 @@ class MetricSuite(nn.Module):
                 rows = getattr(m, "last_per_clip", [])
                 for i, name in enumerate(("sync_offset", "sync_c", "sync_d")):
                     out[f"{name}{sfx}"] = [float(r[i]) for r in rows]
-            elif key != "fvd":
+            elif key not in ("fvd", "fid"):
                 out[f"{key}{sfx}"] = list(getattr(m, "last_per_clip", []))
         return out
 
@@ -124,6 +132,9 @@ class MetricSuite(nn.Module):
             elif key == "fvd":
                 out[f"fvd{sfx}"] = float(m.compute())
                 out["fvd_num_clips"] = float(m.num_clips)
+            elif key == "fid":
+                out[f"fid{sfx}"] = float(m.compute())
+                out["fid_num_frames"] = float(m.num_frames)
             else:
                 out[f"{key}{sfx}"] = float(m.compute())
         return out

@@ -71,6 +71,17 @@ REGISTRY: dict[str, WeightSpec] = {
         layout="torchvision AlexNet state dict (features.*, classifier.*)",
         sha256_prefix="7be5be79",
     ),
+    "inception": WeightSpec(
+        key="inception",
+        filename="pt_inception-2015-12-05-6726825d.pth",
+        config_key="metrics.weights.inception",
+        published="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
+                  "pt_inception-2015-12-05-6726825d.pth (pytorch-fid; the TF FID Inception of 2015-12-05 — "
+                  "torch-fidelity publishes the same network as weights-inception-2015-12-05-6726825d.pth)",
+        layout="FID Inception-v3 state dict, torchvision Inception3 key names without AuxLogits (Conv2d_1a_3x3.conv, "
+               "... Mixed_7c, fc 2048->1008)",
+        sha256_prefix="6726825d",
+    ),
 }
 
 
