@@ -1,18 +1,19 @@
 """Throughput of the batched metric suite vs a straightforward per-frame loop on the same videos.
 
     python experiments/bench/metrics.py [--videos 2 --frames 32 --size 128 --device cpu --weights-dir weights/
-                                         --repeats 2 --threads N --reference-cache-mb 256 --no-flops]
+                                         --repeats 2 --threads N --reference-cache-mb 256 --no-flops --fid]
 
 The loop is what one writes first: scikit-image PSNR/SSIM per frame, LPIPS one frame at a time, I3D one clip at a
 time, SyncNet one 5-frame window at a time and the published Python offset loop. Both paths use the same networks
 (random-init unless ``--weights-dir`` holds the published files) at the standard settings (I3D 224², 16-frame
 clips; SyncNet 224² crops). Prints frames/s of each and the ratio (best of ``--repeats`` alternating runs: the
 machine may be shared), per part the network FLOPs (``torch.utils.flop_counter``), the achieved GFLOP/s and its
-share of this machine's float32 matmul peak (a 2048² matmul, measured in the same run), and an upper bound on the
-ratio: the loop's time over the suite's FLOPs at that peak. The suite runs as ``metrics=default`` does (no
-reference cache). With ``--reference-cache-mb > 0`` a second suite with the FVD/LPIPS reference-feature cache is
-timed on a first evaluation (misses: hashing + networks) and a second one of the same references (hits), labelled
-as such: on a CPU the hits pay, on a fast GPU hashing the references costs about what the networks do.
+share of this machine's float32 matmul peak (a 2048² matmul, 8192² on a GPU, measured in the same run), and an
+upper bound on the ratio: the loop's time over the suite's FLOPs at that peak. The suite runs as
+``metrics=default`` does (no reference cache, no FID; ``--fid`` adds FID to both paths). With
+``--reference-cache-mb > 0`` a second suite with the reference-feature cache is timed on a first evaluation
+(misses: hashing + networks) and a second one of the same references (hits), labelled as such: on a CPU the hits
+pay, on a fast GPU hashing the references costs more than the networks.
 """
 
 from __future__ import annotations
