@@ -15,7 +15,9 @@ are correlated, so FID over video frames needs many videos to be meaningful; ``f
 from __future__ import annotations
 
 import io
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -45,7 +47,7 @@ class FIDInceptionV3(NoTrainInceptionV3):
                          antialias=antialias)
         self.INPUT_IMAGE_SIZE = int(size)
 
-    def load_state_dict(self, state_dict, strict: bool = True, assign: bool = False):  # noqa: ANN001, ANN201
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True, assign: bool = False) -> Any:
         """During construction: load the state dict given to ``__init__`` (strict), or He-init when it was None."""
         given = self.__dict__.pop("_given_state", _UNSET)
         if given is _UNSET:
