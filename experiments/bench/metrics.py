@@ -178,8 +178,7 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
     dev = torch.device(args.device)
-    weights = {k: args.weights_dir for k in ("i3d", "syncnet", "alexnet")}
-    weights["inception"] = args.weights_dir
+    weights = {k: args.weights_dir for k in ("i3d", "syncnet", "alexnet", "inception")}
     suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, fid=args.fid).to(dev)
     cached = None
     if args.reference_cache_mb > 0:

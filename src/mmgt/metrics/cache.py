@@ -6,12 +6,12 @@ the reference side's feature-network pass (I3D for FVD, the AlexNet trunk for LP
 shape, dtype and the metric's settings), in least-recently-used order under a byte budget. A hit returns exactly
 the tensors the network produced before, so values are identical to an uncached run.
 
-Off by default (``reference_cache_mb: 0``). Costs when on: hashing reads the reference once per update (about
-1 GB/s on one core; a CUDA tensor is copied to the host first, so on a fast GPU hashing costs more than the
-I3D pass it saves: 3x slower on an H200, see experiments/README.md; it pays off on CPU and wherever the networks
-are slow) and the budget in host or device
-memory. The cache outlives ``reset()`` on purpose (that is the point: next epoch, same references). Under DDP each
-rank caches its own inputs; metric states are untouched, so synchronisation is unchanged.
+Off by default (``reference_cache_mb: 0``). Costs when on: hashing reads the reference once per update (about 1 GB/s
+on one core; a CUDA tensor is copied to the host first, so on a fast GPU hashing costs more than the I3D pass it
+saves: 3x slower on an H200, see experiments/README.md; it pays off on CPU and wherever the networks are slow) and
+the budget in host or device memory. The cache outlives ``reset()`` on purpose (that is the point: next epoch, same
+references). Under DDP each rank caches its own inputs; metric states are untouched, so synchronisation is
+unchanged.
 """
 
 from __future__ import annotations

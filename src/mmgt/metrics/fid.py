@@ -103,6 +103,8 @@ class FrechetInceptionDistance(FrechetMetric):
                  verify_checksums: bool = True, input_range: tuple[float, float] = (-1.0, 1.0),
                  frame_stride: int = 1, resize: int = 299, antialias: bool = False, frames_per_batch: int = 32,
                  reference_cache_mb: float = 0.0, **kwargs):
+        if int(frame_stride) < 1:  # before the 24M-parameter network is built
+            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         super().__init__(reference_cache_mb=reference_cache_mb, **kwargs)
         net, randinit = build_fid_inception(inception_path, allow_random_weights=allow_random_weights,
                                             verify_checksums=verify_checksums, antialias=antialias, size=resize)
@@ -110,8 +112,6 @@ class FrechetInceptionDistance(FrechetMetric):
         self.randinit = randinit
         self.input_range = tuple(input_range)
         self.frame_stride, self.resize, self.antialias = int(frame_stride), int(resize), bool(antialias)
-        if self.frame_stride < 1:
-            raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         self.frames_per_batch = int(frames_per_batch)
         self.name_suffix = ((f"_r{self.resize}" if self.resize != 299 else "") + ("_aa" if self.antialias else "")
                             + ("_randinit" if randinit else ""))
