@@ -15,8 +15,13 @@ A re-implementation of MMGT's ``GestureDecoder`` (reference notes §2.3) as a pl
 * **decoder layers** (pre-norm): per stream own self-attention and audio cross-attention, each followed by its
   own FiLM; then the streams are summed and one shared feed-forward (with FiLM) is applied.
 * **rotary positions**: true per-head RoPE on queries and keys after the projections (the original rotated the
-  512-d layer input before ``nn.MultiheadAttention``'s projections, an EDGE quirk); pose frame i and audio
-  token i share position i, so "same time" is a relative offset of 0 at any sequence length.
+  512-d layer input before ``nn.MultiheadAttention``'s projections, an EDGE quirk: ``rotary_style="input"``);
+  pose frame i and audio token i share position i, so "same time" is a relative offset of 0 at any sequence
+  length.
+
+Switches that reproduce the official function exactly (set by :func:`mmgt.official.smga.convert_smga`; the
+defaults are this project's choices): ``rotary_style="input"``, ``rotate_time_tokens=True``,
+``time_embedding="legacy"``, ``legacy_stack=True``, ``audio_norm="none"``.
 
 Fixes relative to the original, each explained where it lives:
 
@@ -61,6 +66,12 @@ class GestureDecoderConfig:
     time_tokens: int = 2
     rotary: bool = True
     rope_theta: float = 10000.0
+    # "head": per-head RoPE on projected queries/keys, half-split pairs | "input": the official (EDGE) rotation of
+    # the whole D-dim attention inputs (query and key inputs, interleaved pairs) before the in-projection
+    rotary_style: str = "head"
+    rotate_time_tokens: bool = False  # the official also rotates the 2 time tokens of the memory (positions N, N+1)
+    # "standard": frequencies exp(-i ln(1e4) / (D/2)) | "legacy": the official exp(-i ln(1e4) / (D/2 - 1))
+    time_embedding: str = "standard"
     split_streams: bool = True
     shared_input_proj: bool = True
     legacy_stack: bool = False
@@ -80,8 +91,13 @@ class GestureDecoderConfig:
         if unknown:
             raise ValueError(f"unknown SMGA net keys {unknown}; known: {sorted(known)}")
         out = cls(**data)
-        if out.width % out.num_heads or (out.width // out.num_heads) % 2:
-            raise ValueError(f"width {out.width} must split into {out.num_heads} heads of even size")
+        if out.rotary_style not in ("head", "input"):
+            raise ValueError(f"net.rotary_style must be 'head' or 'input', got {out.rotary_style!r}")
+        if out.time_embedding not in ("standard", "legacy"):
+            raise ValueError(f"net.time_embedding must be 'standard' or 'legacy', got {out.time_embedding!r}")
+        rot_dim = out.width // out.num_heads if out.rotary_style == "head" else out.width
+        if out.width % out.num_heads or rot_dim % 2:
+            raise ValueError(f"width {out.width} must split into {out.num_heads} heads (rotary dim {rot_dim} even)")
         return out
 
     def to_dict(self) -> dict[str, Any]:
@@ -91,23 +107,50 @@ class GestureDecoderConfig:
 # ----------------------------------------------------------------------------------------------- building blocks
 
 
-def rope_tables(n: int, dim: int, theta: float, device: torch.device, dtype: torch.dtype
+@dataclass(frozen=True)
+class Rope:
+    """cos/sin tables ``(n, dim)`` of positions 0..n-1 and where/how they rotate (see :class:`Attention`).
+
+    ``on_input``: rotate the D-dim attention inputs (query input, key input) before the projections, as the
+    official EDGE-style code; otherwise the projected per-head queries/keys. ``interleaved``: pairs (2i, 2i+1)
+    (official) instead of (i, i + dim/2)."""
+
+    cos: torch.Tensor
+    sin: torch.Tensor
+    interleaved: bool = False
+    on_input: bool = False
+
+    def rotate(self, x: torch.Tensor, n: int) -> torch.Tensor:
+        """Rotate the first ``n`` positions of ``x`` (..., m, dim) (positions 0..n-1); the rest stay as they are."""
+        cos, sin = self.cos[:n], self.sin[:n]
+        head, tail = x[..., :n, :], x[..., n:, :]
+        if self.interleaved:
+            pairs = head.unflatten(-1, (-1, 2))
+            turned = torch.stack([-pairs[..., 1], pairs[..., 0]], dim=-1).flatten(-2)
+            rot = head * cos + turned * sin
+        else:
+            rot = apply_rope(head, cos, sin)
+        return rot if tail.shape[-2] == 0 else torch.cat([rot, tail], dim=-2)
+
+
+def rope_tables(n: int, dim: int, theta: float, device: torch.device, dtype: torch.dtype, interleaved: bool = False
                 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """cos/sin tables ``(n, dim)`` for rotary embeddings of positions 0..n-1 (interleaved-half convention)."""
+    """cos/sin tables ``(n, dim)`` for rotary embeddings of positions 0..n-1; pair i turns by pos * theta^(-2i/dim)
+    (``interleaved``: columns 2i, 2i+1 belong to pair i; else columns i and i + dim/2)."""
     inv = 1.0 / (theta ** (torch.arange(0, dim, 2, device=device, dtype=torch.float32) / dim))
     ang = torch.arange(n, device=device, dtype=torch.float32)[:, None] * inv[None]
-    ang = torch.cat([ang, ang], dim=-1)
+    ang = ang.repeat_interleave(2, dim=-1) if interleaved else torch.cat([ang, ang], dim=-1)
     return ang.cos().to(dtype), ang.sin().to(dtype)
 
 
 def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
-    """Rotate ``x`` (B, H, n, d) by position tables ``(n, d)``."""
+    """Rotate ``x`` (B, H, n, d) by position tables ``(n, d)`` (half-split pairs)."""
     x1, x2 = x.chunk(2, dim=-1)
     return x * cos + torch.cat([-x2, x1], dim=-1) * sin
 
 
 class Attention(nn.Module):
-    """Multi-head attention (SDPA) with optional per-head RoPE on the first ``n_rot`` keys/queries."""
+    """Multi-head attention (SDPA) with optional RoPE on the queries and the first ``mem_rot`` keys."""
 
     def __init__(self, dim: int, heads: int, dropout: float) -> None:
         super().__init__()
@@ -116,21 +159,27 @@ class Attention(nn.Module):
         self.kv = nn.Linear(dim, 2 * dim)
         self.out = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor, mem: torch.Tensor | None = None,
-                rope: tuple[torch.Tensor, torch.Tensor] | None = None, mem_rot: int | None = None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, mem: torch.Tensor | None = None, rope: Rope | None = None,
+                mem_rot: int | None = None) -> torch.Tensor:
         """``x`` (B, n, D) attends to ``mem`` (B, m, D) (``x`` itself if None). With ``rope`` (tables for at least
         max(n, mem_rot) positions), queries get positions 0..n-1 and the first ``mem_rot`` keys 0..mem_rot-1
-        (all keys for self-attention); the remaining keys (time tokens) stay unrotated."""
+        (all keys if None); the remaining keys stay unrotated. Values are never rotated."""
         b, n, d = x.shape
         mem = x if mem is None else mem
-        h = self.heads
-        q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
-        k, v = self.kv(mem).view(b, mem.shape[1], 2, h, d // h).permute(2, 0, 3, 1, 4)
-        if rope is not None:
-            cos, sin = rope
-            q = apply_rope(q, cos[:n], sin[:n])
-            r = mem.shape[1] if mem_rot is None else mem_rot
-            k = torch.cat([apply_rope(k[:, :, :r], cos[:r], sin[:r]), k[:, :, r:]], dim=2)
+        m, h = mem.shape[1], self.heads
+        r = m if mem_rot is None else mem_rot
+        if rope is not None and rope.on_input:
+            # official: rotate the inputs of the query and key projections; values read the unrotated memory
+            wk, wv = self.kv.weight.chunk(2, dim=0)
+            bk, bv = self.kv.bias.chunk(2, dim=0)
+            q = self.q(rope.rotate(x, n)).view(b, n, h, d // h).transpose(1, 2)
+            k = F.linear(rope.rotate(mem, r), wk, bk).view(b, m, h, d // h).transpose(1, 2)
+            v = F.linear(mem, wv, bv).view(b, m, h, d // h).transpose(1, 2)
+        else:
+            q = self.q(x).view(b, n, h, d // h).transpose(1, 2)
+            k, v = self.kv(mem).view(b, m, 2, h, d // h).permute(2, 0, 3, 1, 4)
+            if rope is not None:
+                q, k = rope.rotate(q, n), rope.rotate(k, r)
         y = F.scaled_dot_product_attention(q, k, v, dropout_p=self.dropout if self.training else 0.0)
         return self.out(y.transpose(1, 2).reshape(b, n, d))
 
@@ -161,7 +210,7 @@ class EncoderLayer(nn.Module):
         self.ff = feed_forward(dim, ff, dropout)
         self.drop = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, rope: tuple[torch.Tensor, torch.Tensor] | None) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, rope: Rope | None) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), rope=rope))
         return x + self.drop(self.ff(self.norm2(x)))
 
@@ -178,7 +227,7 @@ class StreamBlock(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h: torch.Tensor, mem: torch.Tensor, t: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor] | None, mem_rot: int) -> torch.Tensor:
+                rope: Rope | None, mem_rot: int) -> torch.Tensor:
         h = h + self.drop(self.film_self(self.self_attn(self.norm_self(h), rope=rope), t))
         return h + self.drop(self.film_cross(self.cross_attn(self.norm_cross(h), mem, rope, mem_rot), t))
 
@@ -196,17 +245,23 @@ class DecoderLayer(nn.Module):
         self.drop = nn.Dropout(dropout)
 
     def forward(self, h_face: torch.Tensor | None, h_body: torch.Tensor, mem: torch.Tensor, t: torch.Tensor,
-                rope: tuple[torch.Tensor, torch.Tensor] | None, mem_rot: int) -> torch.Tensor:
+                rope: Rope | None, mem_rot: int) -> torch.Tensor:
         m = self.body(h_body, mem, t, rope, mem_rot)
         if self.face is not None:
             m = m + self.face(h_face, mem, t, rope, mem_rot)
         return m + self.drop(self.film_ff(self.ff(self.norm_ff(m)), t))
 
 
-def timestep_embedding(t: torch.Tensor, dim: int) -> torch.Tensor:
-    """Sinusoidal embedding ``(B, dim)`` of (possibly fractional) diffusion steps."""
+def timestep_embedding(t: torch.Tensor, dim: int, legacy: bool = False) -> torch.Tensor:
+    """Sinusoidal embedding ``(B, dim)`` = [sin(t f_i), cos(t f_i)] of (possibly fractional) diffusion steps.
+
+    ``legacy``: the official frequencies f_i = exp(-i ln(1e4) / (dim/2 - 1)), computed in the official order
+    (the angles reach ~1e3 rad, so even a 1-ulp different frequency shows at 1e-5)."""
     half = dim // 2
-    freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
+    if legacy:
+        freqs = torch.exp(torch.arange(half, device=t.device) * -(math.log(10000.0) / (half - 1)))
+    else:
+        freqs = torch.exp(-math.log(10000.0) * torch.arange(half, device=t.device, dtype=torch.float32) / half)
     ang = t.float()[:, None] * freqs[None]
     return torch.cat([ang.sin(), ang.cos()], dim=-1)
 
@@ -259,13 +314,16 @@ class GestureDecoder(nn.Module):
         """Build from a plain dict (``size.smga`` block); the usual way Lightning modules create it."""
         return cls(GestureDecoderConfig.from_dict(cfg))
 
-    def _rope(self, n: int, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor] | None:
+    def _rope(self, n: int, x: torch.Tensor) -> Rope | None:
         if not self.cfg.rotary:
             return None
-        return rope_tables(n, self.cfg.width // self.cfg.num_heads, self.cfg.rope_theta, x.device, x.dtype)
+        official = self.cfg.rotary_style == "input"
+        dim = self.cfg.width if official else self.cfg.width // self.cfg.num_heads
+        cos, sin = rope_tables(n, dim, self.cfg.rope_theta, x.device, x.dtype, interleaved=official)
+        return Rope(cos, sin, interleaved=official, on_input=official)
 
     def encode_audio(self, audio: torch.Tensor, drop_audio: torch.Tensor | None,
-                     rope: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, torch.Tensor]:
+                     rope: Rope | None) -> tuple[torch.Tensor, torch.Tensor]:
         """(B, N, F) features -> tokens (B, N, D) and pooled (B, D), with null embeddings where ``drop_audio``."""
         b, n, _ = audio.shape
         if n > self.cfg.max_len:
@@ -304,14 +362,15 @@ class GestureDecoder(nn.Module):
             h_face, h_body = None, embed(None, 0)
 
         tok, pooled = self.encode_audio(audio, drop_audio, rope)
-        t_hidden = self.time_mlp(timestep_embedding(t, self.cfg.width))
+        t_hidden = self.time_mlp(timestep_embedding(t, self.cfg.width, self.cfg.time_embedding == "legacy"))
         t_vec = self.time_film(t_hidden) + pooled
         t_tok = self.time_tokens(t_hidden).view(b, self.cfg.time_tokens, self.cfg.width)
         mem = self.mem_norm(torch.cat([tok, t_tok], dim=1))
 
+        mem_rot = n + self.cfg.time_tokens if self.cfg.rotate_time_tokens else n
         body0 = h_body
         for layer in self.layers:
-            m = layer(h_face, h_body, mem, t_vec, rope, n)
+            m = layer(h_face, h_body, mem, t_vec, rope, mem_rot)
             if self.cfg.legacy_stack and self.cfg.split_streams:
                 h_face, h_body = m, body0  # the original: body stream always re-reads the layer-0 projection
             else:
