@@ -11,6 +11,10 @@ Differences from the original, on purpose:
   relative to the previous window is supervised too (smooth joins when sampling chained windows);
 * optional hand and lip terms (the original has a TODO for them), weight 0 by default.
 
+``reduction="all"`` is the official loss instead: every term a plain mean over all elements (x, y and score
+channels alike, every keypoint, no visibility mask, no anchor frame); the face terms are then the means over the
+flat dims 72:276 and the separate ``score`` term is reported with weight 0 (scores are inside every term).
+
 Every term is returned (also when its weight is 0) so runs with ``loss=smga_no_face`` still log the face error.
 """
 
@@ -35,8 +39,12 @@ class SMGALoss(nn.Module):
     """Weighted sum of position/velocity/acceleration terms, globally and per region (face = Lf)."""
 
     def __init__(self, pos: float = 1.0, vel: float = 1.0, acc: float = 1.0, face: float = 3.0,
-                 hands: float = 0.0, lips: float = 0.0, score: float = 1.0, anchor_cond: bool = True) -> None:
+                 hands: float = 0.0, lips: float = 0.0, score: float = 1.0, anchor_cond: bool = True,
+                 reduction: str = "visible") -> None:
         super().__init__()
+        if reduction not in ("visible", "all"):
+            raise ValueError(f"loss.reduction must be 'visible' or 'all', got {reduction!r}")
+        self.reduction = reduction
         self.weights = {"pos": float(pos), "vel": float(vel), "acc": float(acc)}
         self.region_weights = {"face": float(face), "hands": float(hands), "lips": float(lips)}
         self.score_weight, self.anchor_cond = float(score), bool(anchor_cond)
@@ -51,7 +59,7 @@ class SMGALoss(nn.Module):
         out = dict(self.weights)
         for region, w in self.region_weights.items():
             out.update({f"{region}_{k}": w * v for k, v in self.weights.items()})
-        out["score"] = self.score_weight
+        out["score"] = self.score_weight if self.reduction == "visible" else 0.0
         return out
 
     @staticmethod
@@ -67,14 +75,16 @@ class SMGALoss(nn.Module):
         """``pred``/``target`` (B, N, K, C), ``vis`` (B, N, K) bool -> dict of terms and ``loss`` (weighted sum)."""
         vis = vis.to(torch.bool)
         p, g = pred[..., :2], target[..., :2]
+        if self.reduction == "all":  # the official: all channels, all entries, no anchor
+            p, g, vis = pred, target, torch.ones(pred.shape[:-1], dtype=torch.bool, device=pred.device)
         pos_mask = vis
-        if self.anchor_cond and cond_pose is not None:
+        if self.anchor_cond and cond_pose is not None and self.reduction == "visible":
             cv = vis[:, 0] if cond_vis is None else cond_vis.to(torch.bool)
             c = cond_pose[:, None, :, :2].to(p.dtype)
             p, g, vis = torch.cat([c, p], 1), torch.cat([c, g], 1), torch.cat([cv[:, None], vis], 1)
         dp, dg = self._diffs(p, vis), self._diffs(g, vis)
-        dp[0] = (pred[..., :2], pos_mask)  # the anchor frame is not a prediction: positions on real frames only
-        dg[0] = (target[..., :2], pos_mask)
+        dp[0] = (pred[..., :p.shape[-1]], pos_mask)  # the anchor frame is not a prediction: real frames only
+        dg[0] = (target[..., :p.shape[-1]], pos_mask)
         terms: dict[str, torch.Tensor] = {}
         for name, (xp, m), (xg, _) in zip(("pos", "vel", "acc"), dp, dg):
             err, count = _per_keypoint(xp, xg, m)

@@ -9,6 +9,10 @@ Long audio: :meth:`GestureDiffusion.sample` cuts any length into windows of at m
 conditioned on the generated frame just before it (the original used frame 59 of an 80-frame window, a bug);
 windows may overlap by ``overlap`` frames, which are cross-faded linearly so joins are smooth. The last window
 is shifted back to end exactly at the last frame (full length, aligned with its audio) rather than padded.
+
+Official parity (:mod:`mmgt.official.smga`): ``schedule_dtype="float32"`` keeps the official float32 tables
+(ᾱ as a float32 cumulative product, ε̂ through √(1/ᾱ) and √(1/ᾱ-1)) and ``time_grid="trunc"`` its DDIM grid; DDIM
+noises can be injected (``noise``, ``step_noise``) to replay a run drawn elsewhere.
 """
 
 from __future__ import annotations
@@ -54,12 +58,29 @@ class GestureDiffusion(nn.Module):
     """Noise schedule + training noising + DDIM/CFG sampling for an x0-predicting denoiser (no parameters)."""
 
     def __init__(self, timesteps: int = 1000, cond_drop_prob: float = 0.25, clip_x0: bool = True,
-                 clip_range: float = 1.0) -> None:
+                 clip_range: float = 1.0, schedule_dtype: str = "float64", time_grid: str = "round") -> None:
+        """``schedule_dtype``: "float64" (ᾱ accumulated in float64; ε̂ = (x - √ᾱ x̂0)/√(1-ᾱ)) or "float32" (the
+        official: β rounded to float32, ᾱ = float32 cumprod, ε̂ = (√(1/ᾱ) x - x̂0)/√(1/ᾱ - 1) from float32 tables;
+        near t = 0 the two ε̂ differ by ~1e-3 relative through float32 cancellation). ``time_grid``: DDIM steps
+        from linspace(-1, T-1, S+1) "round"ed or "trunc"ated toward zero (the official; same grid for S = 50)."""
         super().__init__()
+        if schedule_dtype not in ("float64", "float32"):
+            raise ValueError(f"diffusion.schedule_dtype must be 'float64' or 'float32', got {schedule_dtype!r}")
+        if time_grid not in ("round", "trunc"):
+            raise ValueError(f"diffusion.time_grid must be 'round' or 'trunc', got {time_grid!r}")
         self.timesteps, self.cond_drop_prob = int(timesteps), float(cond_drop_prob)
         self.clip_x0, self.clip_range = bool(clip_x0), float(clip_range)
+        self.schedule_dtype, self.time_grid = schedule_dtype, time_grid
         betas = cosine_betas(self.timesteps)
-        self.register_buffer("alphas_cumprod", torch.cumprod(1 - betas, 0), persistent=False)
+        if schedule_dtype == "float32":
+            betas = betas.float()
+            acp = torch.cumprod(1 - betas, 0)
+            self.register_buffer("sqrt_recip_acp", torch.sqrt(1.0 / acp), persistent=False)
+            self.register_buffer("sqrt_recipm1_acp", torch.sqrt(1.0 / acp - 1), persistent=False)
+        else:
+            acp = torch.cumprod(1 - betas, 0)
+        self.register_buffer("betas", betas, persistent=False)
+        self.register_buffer("alphas_cumprod", acp, persistent=False)
 
     # ------------------------------------------------------------------------------------------- training
 
@@ -84,20 +105,42 @@ class GestureDiffusion(nn.Module):
             < self.cond_drop_prob
 
     def training_pair(self, net: Denoiser, x0: torch.Tensor, audio: torch.Tensor, cond_pose: torch.Tensor,
-                      generator: Generators = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Noise ``x0`` at random steps, drop audio per sample, run the net: returns (x̂0, t)."""
+                      generator: Generators = None, t: torch.Tensor | None = None, noise: torch.Tensor | None = None,
+                      drop_audio: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Noise ``x0`` at random steps, drop audio per sample, run the net: returns (x̂0, t). ``t``, ``noise`` and
+        ``drop_audio`` (True = drop) may be given instead of drawn (to replay a step computed elsewhere)."""
         b, dev = x0.shape[0], x0.device
-        t = self.sample_timesteps(b, dev, generator)
-        noise = _randn(x0.shape, dev, x0.dtype, generator)
+        t = self.sample_timesteps(b, dev, generator) if t is None else t.to(dev)
+        noise = _randn(x0.shape, dev, x0.dtype, generator) if noise is None else noise.to(dev)
         x_t = self.q_sample(x0, t, noise)
-        return net(x_t, t, audio, cond_pose, drop_audio=self.sample_drop_mask(b, dev, generator)), t
+        drop = self.sample_drop_mask(b, dev, generator) if drop_audio is None else drop_audio.to(dev, torch.bool)
+        return net(x_t, t, audio, cond_pose, drop_audio=drop), t
 
     # ------------------------------------------------------------------------------------------- sampling
 
     def ddim_timesteps(self, steps: int) -> list[tuple[int, int]]:
-        """(t, t_next) pairs from ``linspace(-1, T-1, steps+1)`` reversed: (999, 979), ..., (19, -1) for 50."""
-        ts = torch.linspace(-1, self.timesteps - 1, steps + 1).round().long().flip(0).tolist()
+        """(t, t_next) pairs from ``linspace(-1, T-1, steps+1)`` (float32) reversed: (999, 979), ..., (19, -1) for 50;
+        ``time_grid`` says whether the grid is rounded or truncated toward zero (the official ``.int()``)."""
+        grid = torch.linspace(-1, self.timesteps - 1, steps + 1)
+        ts = (grid.round() if self.time_grid == "round" else grid).long().flip(0).tolist()
         return list(zip(ts[:-1], ts[1:]))
+
+    def eps_from_x0(self, x: torch.Tensor, t: torch.Tensor, x0: torch.Tensor) -> torch.Tensor:
+        """ε̂ implied by x_t and x̂0 (see ``schedule_dtype`` for the two float forms)."""
+        if self.schedule_dtype == "float32":
+            shape = (-1, *([1] * (x.dim() - 1)))
+            r = self.sqrt_recip_acp[t].to(x.dtype).view(shape)
+            return (r * x - x0) / self.sqrt_recipm1_acp[t].to(x.dtype).view(shape)
+        a = self._abar(t, x)
+        return (x - a.sqrt() * x0) / (1 - a).sqrt()
+
+    def model_predictions(self, net: Denoiser, x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor,
+                          cond_pose: torch.Tensor, guidance: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """(ε̂, x̂0) of one DDIM step: guided x̂0, clipped when ``clip_x0``, and the ε̂ derived from it."""
+        x0 = self.predict_x0(net, x, t, audio, cond_pose, guidance)
+        if self.clip_x0:
+            x0 = x0.clamp(-self.clip_range, self.clip_range)
+        return self.eps_from_x0(x, t, x0), x0
 
     def predict_x0(self, net: Denoiser, x: torch.Tensor, t: torch.Tensor, audio: torch.Tensor,
                    cond_pose: torch.Tensor, guidance: float) -> torch.Tensor:
@@ -114,26 +157,29 @@ class GestureDiffusion(nn.Module):
     @torch.no_grad()
     def ddim_sample(self, net: Denoiser, audio: torch.Tensor, cond_pose: torch.Tensor, shape: tuple[int, ...],
                     steps: int = 50, eta: float = 1.0, guidance: float = 2.0,
-                    generator: Generators = None, noise: torch.Tensor | None = None) -> torch.Tensor:
-        """One window: DDIM from pure noise to x0. ``shape`` = (B, N, K, C); eta=0 is deterministic."""
+                    generator: Generators = None, noise: torch.Tensor | None = None,
+                    step_noise: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
+        """One window: DDIM from pure noise to x0. ``shape`` = (B, N, K, C); eta=0 is deterministic. ``noise`` is
+        x_T and ``step_noise[k]`` the noise of the k-th stochastic update (steps - 1 of them), instead of draws."""
         dev = audio.device
         x = _randn(shape, dev, audio.dtype, generator) if noise is None else noise.to(dev)
-        for t_cur, t_next in self.ddim_timesteps(steps):
+        pairs = self.ddim_timesteps(steps)
+        if step_noise is not None and len(step_noise) < sum(tn >= 0 for _, tn in pairs):
+            raise ValueError(f"step_noise holds {len(step_noise)} noises for {len(pairs) - 1} stochastic steps")
+        for k, (t_cur, t_next) in enumerate(pairs):
             t = torch.full((shape[0],), t_cur, device=dev, dtype=torch.long)
-            x0 = self.predict_x0(net, x, t, audio, cond_pose, guidance)
-            if self.clip_x0:
-                x0 = x0.clamp(-self.clip_range, self.clip_range)
-            a = self._abar(t, x)
+            eps, x0 = self.model_predictions(net, x, t, audio, cond_pose, guidance)
             if t_next < 0:
                 x = x0
                 continue
+            a = self._abar(t, x)
             a_next = self._abar(torch.full_like(t, t_next), x)
-            eps = (x - a.sqrt() * x0) / (1 - a).sqrt()
             sigma = eta * ((1 - a / a_next) * (1 - a_next) / (1 - a)).sqrt()
             c = (1 - a_next - sigma ** 2).clamp(min=0).sqrt()
             x = a_next.sqrt() * x0 + c * eps
             if eta > 0:
-                x = x + sigma * _randn(x.shape, dev, x.dtype, generator)
+                z = _randn(x.shape, dev, x.dtype, generator) if step_noise is None else step_noise[k].to(dev)
+                x = x + sigma * z
         return x
 
     @staticmethod
