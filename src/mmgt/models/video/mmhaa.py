@@ -15,6 +15,11 @@ module is an exact identity at init, so inserting it into a trained image UNet c
 
 Ablations use the same module: ``cross`` = one branch with no mask, ``haa`` = K branches with masks of ones
 (``masks=None``), ``mm_haa`` = K branches with region masks.
+
+:class:`OfficialAudioModule` is MMGT's own block (GroupNorm, 1×1 proj_in, self-attention, the K masked
+cross-attentions with zero convs, GEGLU feed-forward, proj_out, residual), the variant that released MMGT weights
+need (``conf/attention/mm_haa_official.yaml``). Both variants share the constructor :meth:`from_layer` and the
+forward signature, so ``attention.module`` picks either for every ablation.
 """
 
 from __future__ import annotations
@@ -23,6 +28,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
@@ -37,8 +43,34 @@ def as_weights(branch_weights: Sequence[float] | torch.Tensor | None, k: int, li
     return w
 
 
+def check_masks(masks: torch.Tensor | None, n: int, k: int, hh: int, ww: int) -> None:
+    if masks is not None and (masks.shape[0] != n or masks.shape[1] != k or masks[0, 0].numel() != hh * ww):
+        raise ValueError(f"masks {tuple(masks.shape)} do not fit {k} branches at {hh}x{ww} for {n} frames")
+
+
+def masked_branch_sum(attn: nn.ModuleList, proj: nn.ModuleList, q: torch.Tensor, audio: torch.Tensor,
+                      masks: torch.Tensor | None, w: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """sum_k w_k · P_k(CrossAttn_k(q, audio) ⊙ m_k) as a (N, C, hh, ww) map; q is (N, hh·ww, C)."""
+    n, s, c = q.shape
+    audio = audio.to(q.dtype)
+    out = None
+    for k in range(len(attn)):
+        a = attn[k](q, encoder_hidden_states=audio)
+        if masks is not None:
+            a = a * masks[:, k].reshape(n, s, 1).to(a.dtype)
+        a = w[k] * proj[k](a.transpose(1, 2).reshape(n, c, *size))
+        out = a if out is None else out + a
+    return out
+
+
 class AudioAttention(nn.Module):
     """K audio cross-attention branches with region masks, zero-initialised 1×1 projections and explicit weights."""
+
+    @classmethod
+    def from_layer(cls, channels: int, in_channels: int, audio_dim: int, n_branches: int, heads: int,
+                   norm_groups: int) -> AudioAttention:  # noqa: ARG003 - shared constructor of the variants
+        """The module for one UNet layer (``channels`` wide feature map, ``in_channels`` = that layer's input)."""
+        return cls(channels, audio_dim, n_branches, heads)
 
     def __init__(self, channels: int, audio_dim: int, n_branches: int, heads: int = 8) -> None:
         super().__init__()
@@ -63,21 +95,93 @@ class AudioAttention(nn.Module):
         n, c, hh, ww = hidden.shape
         if audio.shape[0] != n:
             raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
-        if masks is not None and (masks.shape[0] != n or masks.shape[1] != self.n_branches
-                                  or masks[0, 0].numel() != hh * ww):
-            raise ValueError(f"masks {tuple(masks.shape)} do not fit {self.n_branches} branches at {hh}x{ww} "
-                             f"for {n} frames")
+        check_masks(masks, n, self.n_branches, hh, ww)
         w = as_weights(branch_weights, self.n_branches, hidden)
         q = self.norm(hidden.flatten(2).transpose(1, 2))  # (N, hh·ww, C)
-        audio = audio.to(q.dtype)
-        out = hidden
-        for k in range(self.n_branches):
-            a = self.attn[k](q, encoder_hidden_states=audio)
-            if masks is not None:
-                a = a * masks[:, k].reshape(n, hh * ww, 1).to(a.dtype)
-            a = a.transpose(1, 2).reshape(n, c, hh, ww)
-            out = out + w[k] * self.proj[k](a)
-        return out
+        return hidden + masked_branch_sum(self.attn, self.proj, q, audio, masks, w, (hh, ww))
+
+
+class OfficialAudioModule(nn.Module):
+    """MMGT's audio module (its ``Transformer3DModel`` around ``AudioTemporalBasicTransformerBlock``), per frame:
+
+    GroupNorm -> 1×1 proj_in (C -> inner) -> x += SelfAttn(LN1(x)) -> x += sum_k w_k · Z_k(CrossAttn_k(LN2(x),
+    audio) ⊙ m_k) -> x += FF(LN3(x)) (GEGLU) -> 1×1 proj_out (inner -> C) -> + input.
+
+    ``inner = heads · (in_channels // heads)``: MMGT sizes layer 0 of a block by the block's *input* width. Only the
+    branch convs ``Z_k`` start at zero (as in MMGT), so unlike :class:`AudioAttention` the module is not an identity
+    at init (self-attention, feed-forward and proj_out act on the features), but the audio has no effect until
+    trained.
+    """
+
+    def __init__(self, channels: int, inner: int, audio_dim: int, n_branches: int, heads: int = 8,
+                 norm_groups: int = 32) -> None:
+        super().__init__()
+        if inner % heads:
+            raise ValueError(f"official audio module: inner width {inner} is not divisible by {heads} heads")
+        self.n_branches = n_branches
+        d = inner // heads
+        self.norm = nn.GroupNorm(norm_groups, channels, eps=1e-6)
+        self.proj_in = nn.Conv2d(channels, inner, 1)
+        self.norm1 = nn.LayerNorm(inner)
+        self.attn1 = Attention(query_dim=inner, heads=heads, dim_head=d)
+        self.norm2 = nn.LayerNorm(inner)
+        self.attn = nn.ModuleList(Attention(query_dim=inner, cross_attention_dim=audio_dim, heads=heads, dim_head=d)
+                                  for _ in range(n_branches))
+        self.proj = nn.ModuleList(nn.Conv2d(inner, inner, 1) for _ in range(n_branches))
+        for p in self.proj:
+            nn.init.zeros_(p.weight)
+            nn.init.zeros_(p.bias)
+        self.norm3 = nn.LayerNorm(inner)
+        self.ff = FeedForward(inner, activation_fn="geglu")
+        self.proj_out = nn.Conv2d(inner, channels, 1)
+
+    @classmethod
+    def from_layer(cls, channels: int, in_channels: int, audio_dim: int, n_branches: int, heads: int,
+                   norm_groups: int) -> OfficialAudioModule:
+        return cls(channels, heads * (in_channels // heads), audio_dim, n_branches, heads, norm_groups)
+
+    def forward(self, hidden: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor | None = None,
+                branch_weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
+        """hidden (N, C, hh, ww); audio (N, T, D); masks (N, K, hh, ww) / (N, K, hh·ww) or None (= ones)."""
+        n, _, hh, ww = hidden.shape
+        if audio.shape[0] != n:
+            raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
+        check_masks(masks, n, self.n_branches, hh, ww)
+        w = as_weights(branch_weights, self.n_branches, hidden)
+        x = self.proj_in(self.norm(hidden))
+        inner = x.shape[1]
+        x = x.flatten(2).transpose(1, 2)  # (N, hh·ww, inner)
+        x = x + self.attn1(self.norm1(x))
+        br = masked_branch_sum(self.attn, self.proj, self.norm2(x), audio, masks, w, (hh, ww))
+        x = x + br.flatten(2).transpose(1, 2)
+        x = x + self.ff(self.norm3(x))
+        return hidden + self.proj_out(x.transpose(1, 2).reshape(n, inner, hh, ww))
+
+
+AUDIO_MODULES = {"compact": AudioAttention, "official": OfficialAudioModule}
+
+
+def audio_module_class(name: str | type | None) -> type:
+    """``attention.module``: a class, a dotted class path, or a short name (``compact`` | ``official``); None =
+    the compact :class:`AudioAttention`. The class must provide ``from_layer`` and the shared forward."""
+    if name is None:
+        return AudioAttention
+    if isinstance(name, type):
+        cls = name
+    elif name in AUDIO_MODULES:
+        cls = AUDIO_MODULES[name]
+    else:
+        import importlib
+
+        mod, _, attr = str(name).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(mod), attr) if mod else None
+        except (ImportError, AttributeError) as err:
+            raise ValueError(f"attention.module={name!r}: cannot import ({err})") from err
+    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "from_layer")):
+        raise ValueError(f"attention.module={name!r} is not an audio-module class with from_layer(); use one of "
+                         f"{sorted(AUDIO_MODULES)} or a dotted class path")
+    return cls
 
 
 def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:

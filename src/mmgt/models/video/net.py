@@ -21,7 +21,7 @@ from torch import nn
 from mmgt.models.video.audio_proj import AudioProjection
 from mmgt.models.video.codec import build_codec
 from mmgt.models.video.encoders import CLIPImageEncoder, build_image_encoder
-from mmgt.models.video.mmhaa import AudioAttention, MaskPyramid, as_weights
+from mmgt.models.video.mmhaa import MaskPyramid, as_weights, audio_module_class
 from mmgt.models.video.pose_guider import PoseGuider
 from mmgt.models.video.reference import ForwardContext, attach_reference
 from mmgt.models.video.unet import build_denoising_unet, build_reference_unet
@@ -30,8 +30,11 @@ ATTENTION_TYPES = ("none", "cross", "haa", "mm_haa")
 BLOCK_KINDS = ("down", "mid", "up")
 
 
-def audio_blocks(unet: nn.Module, blocks: Sequence[str]) -> list[tuple[str, nn.Module]]:
-    """(name, Transformer2DModel) of the spatial attentions in the selected blocks.
+def audio_blocks(unet: nn.Module, blocks: Sequence[str]) -> list[tuple[str, nn.Module, int]]:
+    """(name, Transformer2DModel, layer input width) of the spatial attentions in the selected blocks.
+
+    The layer input width is what MMGT sizes its audio module by: the block's input channels for layer 0 of a down
+    block, the block's width otherwise.
 
     ``blocks`` entries: ``down`` / ``mid`` / ``up`` (every block of that kind that has attention) or a single
     block such as ``down.1`` / ``up.0``.
@@ -46,7 +49,9 @@ def audio_blocks(unet: nn.Module, blocks: Sequence[str]) -> list[tuple[str, nn.M
     for kind, i, blk in parts:
         if (kind in blocks or f"{kind}.{i}" in blocks) and hasattr(blk, "attentions"):
             prefix = "mid_block" if kind == "mid" else f"{kind}_blocks.{i}"
-            selected += [(f"{prefix}.attentions.{j}", a) for j, a in enumerate(blk.attentions)]
+            for j, a in enumerate(blk.attentions):
+                c_in = blk.resnets[0].in_channels if kind == "down" and j == 0 else a.config.in_channels
+                selected.append((f"{prefix}.attentions.{j}", a, int(c_in)))
     return selected
 
 
@@ -60,13 +65,15 @@ class VideoNet(nn.Module):
         attention_type: ``none`` | ``cross`` | ``haa`` | ``mm_haa``.
         attention_blocks: which UNet blocks carry audio attention (see :func:`audio_blocks`).
         n_branches: number of region branches (``haa`` / ``mm_haa``); ``cross`` always has 1, ``none`` 0.
+        attention_module: the audio-module class for every variant (``attention.module``: dotted class path or
+            ``compact`` | ``official``; None = the compact :class:`~mmgt.models.video.mmhaa.AudioAttention`).
         load_weights: load the pretrained files named in ``cfg`` (False: random init, e.g. on the meta device).
         key: config path of ``cfg`` used in error messages.
     """
 
     def __init__(self, cfg: dict, audio_shape: Sequence[int] | None = None, attention_type: str = "mm_haa",
                  attention_blocks: Sequence[str] = ("down",), n_branches: int = 3, load_weights: bool = True,
-                 key: str = "size.video") -> None:
+                 key: str = "size.video", attention_module: str | type | None = None) -> None:
         super().__init__()
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention.type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
@@ -104,11 +111,15 @@ class VideoNet(nn.Module):
             self.audio_proj = AudioProjection(*[int(s) for s in audio_shape], hidden_dim=int(ap.get("hidden_dim", 512)),
                                               tokens=int(ap.get("tokens", 32)), dim=int(ap.get("dim", cross_dim)))
             heads = int((cfg.get("audio_attention") or {}).get("heads", 8))
+            module_cls = audio_module_class(attention_module)
+            self.audio_module_class = module_cls
+            groups = int(self.denoising_unet.config.norm_num_groups)
             targets = audio_blocks(self.denoising_unet, list(attention_blocks))
             if not targets:
                 raise ValueError(f"attention.blocks={list(attention_blocks)} selects no UNet block with attention")
-            for name, tr in targets:
-                mod = AudioAttention(tr.config.in_channels, self.audio_proj.dim, self.n_branches, heads)
+            for name, tr, c_in in targets:
+                mod = module_cls.from_layer(tr.config.in_channels, c_in, self.audio_proj.dim, self.n_branches, heads,
+                                            groups)
                 self.audio_modules[name.replace(".", "_")] = mod
                 self._hooks.append(tr.register_forward_hook(self._audio_hook(mod)))
 
@@ -117,7 +128,7 @@ class VideoNet(nn.Module):
         pf = self.ctx.pose_features
         return output if pf is None else output + pf.to(output.dtype)
 
-    def _audio_hook(self, mod: AudioAttention):
+    def _audio_hook(self, mod: nn.Module):
         def hook(module: nn.Module, args: Any, output: Any) -> Any:
             ctx = self.ctx
             if ctx.audio_tokens is None:

@@ -1,7 +1,8 @@
 """Sampling: DDIM with classifier-free guidance and overlapping context windows for long clips.
 
-One noise schedule (:func:`make_scheduler`) serves training and sampling (the original trained with
-``scaled_linear`` betas and sampled with ``linear`` ones; here both come from the same config). The
+One noise schedule (:func:`make_scheduler`) serves training and sampling by default (the original trained with
+``scaled_linear`` betas and sampled with ``linear`` ones; ``VideoSampler(beta_schedule="linear")`` reproduces that
+for released MMGT weights). The
 unconditional branch of CFG drops the reference image (zero token, reference bank hidden) and the audio
 (zero tokens) exactly like training-time dropout; pose and masks are kept, as in MMGT. For clips longer than
 ``context_frames`` every step denoises overlapping windows and averages the per-frame predictions (windows do
@@ -10,7 +11,7 @@ not wrap around the clip end, unlike the original's closed-loop scheduler).
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from diffusers import DDIMScheduler
@@ -59,28 +60,44 @@ def _twice(x: torch.Tensor | Sequence[torch.Tensor] | None):
 
 
 class VideoSampler:
-    """Generate (B, F, 3, H, W) frames in [-1, 1] from a reference frame, pose images, audio and masks."""
+    """Generate (B, F, 3, H, W) frames in [-1, 1] from a reference frame, pose images, audio and masks.
+
+    Args:
+        scheduler: the training scheduler (its config is copied).
+        beta_schedule: sample with these betas instead of the training ones (None: the same; MMGT's inference
+            used ``linear`` while training with ``scaled_linear``).
+    """
 
     def __init__(self, net: VideoNet, scheduler: DDIMScheduler, steps: int = 30, guidance: float = 3.5,
-                 context_frames: int = 12, context_overlap: int = 4, eta: float = 0.0) -> None:
+                 context_frames: int = 12, context_overlap: int = 4, eta: float = 0.0,
+                 beta_schedule: str | None = None) -> None:
         self.net, self.steps, self.guidance, self.eta = net, int(steps), float(guidance), float(eta)
-        self.scheduler = DDIMScheduler.from_config(scheduler.config)
+        extra = {} if beta_schedule is None else {"beta_schedule": str(beta_schedule)}
+        self.scheduler = DDIMScheduler.from_config(scheduler.config, **extra)
         self.context_frames, self.context_overlap = int(context_frames), int(context_overlap)
 
     @torch.no_grad()
     def __call__(self, ref_frame: torch.Tensor, pose_images: torch.Tensor, audio_emb: torch.Tensor | None = None,
                  masks: torch.Tensor | Sequence[torch.Tensor] | None = None,
                  branch_weights: Sequence[float] | torch.Tensor | None = None,
-                 generator: torch.Generator | None = None, progress: bool = False) -> torch.Tensor:
-        """ref_frame (B,3,H,W) [-1,1]; pose_images (B,F,3,H,W) [0,1]; audio_emb (B,F,W,L,D); masks (B,K,F,h,w)."""
+                 generator: torch.Generator | None = None, progress: bool = False, latents: torch.Tensor | None = None,
+                 on_step: Callable[[int, torch.Tensor], None] | None = None) -> torch.Tensor:
+        """ref_frame (B,3,H,W) [-1,1]; pose_images (B,F,3,H,W) [0,1]; audio_emb (B,F,W,L,D); masks (B,K,F,h,w).
+
+        ``latents``: the initial noise (B, C, F, h, w) instead of drawing it (reproducing a run);
+        ``on_step(i, latents)`` sees the latents after every DDIM step.
+        """
         net = self.net
         b, f = pose_images.shape[:2]
         ref_lat = net.encode_frames(ref_frame)
         emb = net.embed_reference(ref_frame)
         bank = net.encode_reference(ref_lat, emb)
         c, h, w = ref_lat.shape[1:]
-        latents = torch.randn((b, c, f, h, w), generator=generator, device=ref_lat.device, dtype=ref_lat.dtype)
-        latents = latents * self.scheduler.init_noise_sigma
+        if latents is None:
+            latents = torch.randn((b, c, f, h, w), generator=generator, device=ref_lat.device, dtype=ref_lat.dtype)
+        elif tuple(latents.shape) != (b, c, f, h, w):
+            raise ValueError(f"initial latents {tuple(latents.shape)} != {(b, c, f, h, w)}")
+        latents = latents.to(ref_lat.device, ref_lat.dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(self.steps, device=ref_lat.device)
         cfg = self.guidance != 1.0
         if cfg:
@@ -94,7 +111,7 @@ class VideoSampler:
             from tqdm.auto import tqdm
 
             timesteps = tqdm(timesteps, desc="sampling", leave=False)
-        for t in timesteps:
+        for i, t in enumerate(timesteps):
             pred = torch.zeros_like(latents)
             count = torch.zeros(f, device=latents.device, dtype=latents.dtype)
             for win in windows:
@@ -113,4 +130,6 @@ class VideoSampler:
                 count[idx] += 1
             pred = pred / count.view(1, 1, f, 1, 1)
             latents = self.scheduler.step(pred, t, latents, eta=self.eta, generator=generator).prev_sample
+            if on_step is not None:
+                on_step(i, latents)
         return net.decode_latents(latents)

@@ -8,14 +8,17 @@
 
 Config keys (``size.video.unet``): ``block_out_channels``, ``layers_per_block``, ``down_blocks`` (``cross`` or
 ``plain`` per level), ``heads``, ``cross_attention_dim``, ``norm_num_groups``, ``motion_heads``,
-``motion_max_seq_length``, ``pretrained`` (SD UNet folder or null), ``motion_adapter`` (folder or null).
+``motion_max_seq_length``, ``pretrained`` (SD UNet folder or null), ``motion_adapter`` (folder or null),
+``motion_norm`` (``per_frame`` | ``across_frames`` | null, see :func:`set_motion_norm`).
 """
 
 from __future__ import annotations
 
 from typing import Any
 
+import torch
 from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
+from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
 from mmgt.models.video.weights import require
@@ -27,6 +30,22 @@ _UP = {"cross": "CrossAttnUpBlock2D", "plain": "UpBlock2D"}
 SD15_UNET = dict(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
                  down_blocks=["cross", "cross", "cross", "plain"], heads=8, cross_attention_dim=768,
                  norm_num_groups=32, motion_heads=8, motion_max_seq_length=32)
+
+
+UNET_KEYS = frozenset(("block_out_channels", "layers_per_block", "down_blocks", "heads", "cross_attention_dim",
+                       "norm_num_groups", "motion_heads", "motion_max_seq_length", "pretrained", "motion_adapter",
+                       "motion_norm"))
+MOTION_NORMS = ("per_frame", "across_frames")
+
+
+def check_unet_config(cfg: dict, key: str = "size.video.unet") -> None:
+    """Refuse unknown keys (a typo would otherwise silently fall back to a default)."""
+    bad = sorted(set(cfg) - UNET_KEYS)
+    if bad:
+        raise ValueError(f"{key}: unknown key(s) {bad}; known: {sorted(UNET_KEYS)}")
+    mode = cfg.get("motion_norm")
+    if mode is not None and mode not in MOTION_NORMS:
+        raise ValueError(f"{key}.motion_norm must be one of {MOTION_NORMS} or null, got {mode!r}")
 
 
 def unet2d_config(cfg: dict, latent_channels: int) -> dict[str, Any]:
@@ -66,6 +85,43 @@ def zero_motion_outputs(unet: UNetMotionModel) -> None:
                 nn.init.zeros_(mm.proj_out.bias)
 
 
+class FrameGroupNorm(nn.GroupNorm):
+    """GroupNorm whose statistics are taken per frame of a (B, C, F, H, W) input, as AnimateDiff and MMGT compute
+    them (diffusers' ``AnimateDiffTransformer3D`` pools them over all frames of the window). Same parameters."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.ndim != 5:
+            return super().forward(x)
+        b, c, f, h, w = x.shape
+        y = super().forward(x.transpose(1, 2).reshape(b * f, c, h, w))
+        return y.reshape(b, f, c, h, w).transpose(1, 2)
+
+
+def set_motion_norm(unet: nn.Module, mode: str) -> None:
+    """Make every motion module's input GroupNorm ``per_frame`` (AnimateDiff/MMGT) or ``across_frames`` (diffusers).
+
+    Weights trained with one convention compute a different function under the other (measured on MMGT's motion
+    module: 1-5 % output change; the full net's prediction moves by 7 %), so AnimateDiff / MMGT weights need
+    ``per_frame``. The module is swapped in place and keeps its ``weight`` / ``bias`` parameters (and names).
+    """
+    if mode not in MOTION_NORMS:
+        raise ValueError(f"motion_norm must be one of {MOTION_NORMS}, got {mode!r}")
+    cls = FrameGroupNorm if mode == "per_frame" else nn.GroupNorm
+    for m in unet.modules():
+        if isinstance(m, AnimateDiffTransformer3D) and type(m.norm) is not cls:
+            old = m.norm
+            new = cls(old.num_groups, old.num_channels, eps=old.eps, affine=old.affine, device="meta")
+            if old.affine:
+                new.weight, new.bias = old.weight, old.bias
+            m.norm = new
+
+
+def motion_norm_mode(cfg: dict) -> str:
+    """The configured ``motion_norm``; null means ``per_frame`` when AnimateDiff weights are loaded (the convention
+    they were trained with), else ``across_frames`` (diffusers' module as is)."""
+    return cfg.get("motion_norm") or ("per_frame" if cfg.get("motion_adapter") else "across_frames")
+
+
 def build_reference_unet(cfg: dict, latent_channels: int, key: str = "size.video.unet",
                          load_weights: bool = True) -> UNet2DConditionModel:
     if cfg.get("pretrained") and load_weights:
@@ -76,6 +132,7 @@ def build_reference_unet(cfg: dict, latent_channels: int, key: str = "size.video
 
 def build_denoising_unet(cfg: dict, latent_channels: int, key: str = "size.video.unet",
                          load_weights: bool = True) -> UNetMotionModel:
+    check_unet_config(cfg, key)
     adapter = None
     if cfg.get("motion_adapter") and load_weights:
         path = require(cfg["motion_adapter"], f"{key}.motion_adapter", "motion_adapter", files=("config.json",))
@@ -89,4 +146,5 @@ def build_denoising_unet(cfg: dict, latent_channels: int, key: str = "size.video
             unet.load_motion_modules(adapter)
     if adapter is None:
         zero_motion_outputs(unet)
+    set_motion_norm(unet, motion_norm_mode(cfg))
     return unet
