@@ -264,7 +264,8 @@ def test_gesture_metrics() -> None:
     div.update(gt)
     same = GestureDiversity()
     same.update(gt[:1].expand(6, -1, -1, -1))
-    assert float(div.compute()) > 0 and float(same.compute()) == 0
+    # identical samples: zero up to float rounding of the pairwise distances (4.7e-16 seen on another machine)
+    assert float(div.compute()) > 0 and float(same.compute()) <= 1e-9 * float(div.compute())
 
 
 def test_beat_alignment_prefers_motion_on_onsets() -> None:

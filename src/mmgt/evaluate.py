@@ -194,38 +194,35 @@ def evaluate_checkpoint(cfg: DictConfig) -> int:
     import torch
     from lightning.pytorch.loggers import TensorBoardLogger
 
+    from mmgt import checkpoints
     from mmgt.data.datamodule import PATSDataModule
-    from mmgt.lit.video import VideoModule
+    from mmgt.errors import CheckpointError
 
-    path = Path(cfg.ckpt_path)
-    if path.is_dir():
-        path = path / "checkpoints" / "last.ckpt"
-    if not path.exists():
-        log.error("ckpt_path=%s: checkpoint not found", path)
+    try:
+        ckpt = checkpoints.read(cfg.ckpt_path, "ckpt_path")
+        if ckpt.kind != "video" or ckpt.format != "ckpt":
+            raise CheckpointError(f"{ckpt.path} is {ckpt.describe()} ({ckpt.format}); mode (b) needs a stage-2 "
+                                  "Lightning checkpoint written by `mmgt.train`")
+        dm_hp = dict(ckpt.datamodule)
+        if not dm_hp:
+            raise CheckpointError(f"{ckpt.path} records no DataModule settings (not written by `mmgt.train`?)")
+        checkpoints.check_stored_config(dm_hp, ckpt.path, "datamodule_hyper_parameters")
+        split = str(cfg.get("split") or "test")
+        if split not in ("val", "test"):
+            raise ValueError(f"split={split}: expected val or test")
+        validation = {**(ckpt.hparams.get("validation") or {}), "log_media": False,
+                      "max_batches": int(cfg.max_batches) if cfg.get("max_batches") else 10**9}
+        # the metric suite comes from this command's config (trusted), never from the file
+        ckpt.hparams.update(validation=validation, metrics=OmegaConf.to_container(cfg.metrics, resolve=True))
+        model = checkpoints.build_module(ckpt, "video", key="ckpt_path")
+    except (CheckpointError, ValueError) as err:
+        log.error("%s", err)
         return 1
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    hp = ckpt.get("hyper_parameters") or {}
-    if "substage" not in hp:
-        log.error("ckpt_path=%s is not a stage-2 (video) checkpoint; mode (b) scores generated videos", path)
-        return 1
-    dm_hp = dict(ckpt.get("datamodule_hyper_parameters") or {})
-    if not dm_hp:
-        log.error("ckpt_path=%s records no DataModule settings (not written by `mmgt.train`?)", path)
-        return 1
+    path = ckpt.path
+    del ckpt
     if cfg.get("data_root"):
         dm_hp["root"] = str(cfg.data_root)
-    split = str(cfg.get("split") or "test")
-    if split not in ("val", "test"):
-        log.error("split=%s: expected val or test", split)
-        return 1
     dm = PATSDataModule(**{**dm_hp, "progress": bool(cfg.get("progress", True))})
-    validation = {**(hp.get("validation") or {}), "log_media": False,
-                  "max_batches": int(cfg.max_batches) if cfg.get("max_batches") else 10**9}
-    # rebuilt from the checkpoint already in memory (stage-2 checkpoints at paper size are large: read once)
-    model = VideoModule(**{**hp, "init_from": None, "load_weights": False, "validation": validation,
-                           "metrics": OmegaConf.to_container(cfg.metrics, resolve=True)})
-    model.load_state_dict(ckpt["state_dict"])
-    del ckpt
     out_dir = Path(cfg.paths.output_dir)
     accel = "gpu" if cfg.device in ("auto", "cuda") and torch.cuda.is_available() else "cpu"
     logger = TensorBoardLogger(str(out_dir), name="tensorboard", version="") if cfg.tensorboard else False

@@ -32,7 +32,6 @@ with the mismatching tensors named.
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import logging
 import math
@@ -48,21 +47,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgt import checkpoints
 from mmgt.data.corpus import FPS, HOP, SAMPLE_RATE
+from mmgt.errors import GenerationError
 
 log = logging.getLogger(__name__)
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
-EXPORT_FORMAT = "mmgt-export-1"
-KINDS = {"smga": "stage-1 (SMGA, audio -> poses)", "video": "stage-2 (video diffusion)"}
-
-
-class GenerationError(ValueError):
-    """A generation input that cannot be used (missing file, silent audio, no person, mismatched checkpoint).
-
-    The message names the input and what to do; the pipeline raises it *before* writing any output.
-    """
 
 
 # --------------------------------------------------------------------------------------------------- inputs
@@ -214,142 +206,23 @@ class LoadedStage:
     features: dict[str, Any] = field(default_factory=dict)  # extractor kwargs (stage1_features / stage2_features)
 
 
-def _kind_of(hp: Mapping[str, Any]) -> str | None:
-    if "substage" in hp and "net" in hp:
-        return "video"
-    if "diffusion" in hp and "sampling" in hp and "net" in hp:
-        return "smga"
-    return None
-
-
-def _deep_update(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
-    out = copy.deepcopy(base)
-    for k, v in (over or {}).items():
-        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
-            out[k] = _deep_update(out[k], v)
-        else:
-            out[k] = copy.deepcopy(v)
-    return out
-
-
-def _check_state(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor], key: str) -> None:
-    """Refuse weights that do not fit ``model`` exactly, naming the mismatching tensors."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
-              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
-    if missing or unexpected or shapes:
-        parts = []
-        for label, items in (("shape mismatches", shapes), ("tensors missing from the file", missing),
-                             ("unexpected tensors", unexpected)):
-            if items:
-                parts.append(f"{len(items)} {label} (e.g. {'; '.join(items[:3])})")
-        raise GenerationError(f"{path} does not match the configured architecture (`{key}.net` overrides and the "
-                              f"architecture recorded in the checkpoint): " + ", ".join(parts))
-
-
-def _read_file(path: str | Path, key: str) -> tuple[str, dict[str, Any], dict[str, torch.Tensor], dict[str, Any], str]:
-    """(kind, hparams, state dict, datamodule hparams, format) of a Lightning ``.ckpt`` or a safetensors export."""
-    p = Path(str(path)).expanduser()
-    if p.is_dir():  # a run folder: its last checkpoint
-        p = p / "checkpoints" / "last.ckpt"
-    if not p.is_file():
-        raise GenerationError(f"checkpoint not found: {p} (config key `{key}.ckpt`)")
-    if p.suffix == ".safetensors":
-        from safetensors import safe_open
-        from safetensors.torch import load_file
-
-        try:
-            with safe_open(str(p), framework="pt") as fh:
-                meta = fh.metadata() or {}
-            state = load_file(str(p))
-        except Exception as err:  # noqa: BLE001
-            raise GenerationError(f"{p}: not a readable safetensors file ({err})") from err
-        if meta.get("format") != EXPORT_FORMAT:
-            raise GenerationError(f"{p}: not an mmgt export (no '{EXPORT_FORMAT}' metadata); export Lightning "
-                                  "checkpoints with mmgt.inference.export_safetensors")
-        return (meta.get("kind", ""), json.loads(meta["hparams"]), state, json.loads(meta.get("datamodule", "{}")),
-                "safetensors")
-    try:
-        ckpt = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as err:  # noqa: BLE001 - pickle errors, truncated files, non-checkpoints
-        raise GenerationError(f"{p}: cannot load as a checkpoint with weights_only=True ({type(err).__name__}: "
-                              f"{err})") from err
-    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
-        raise GenerationError(f"{p}: not a Lightning checkpoint (no state_dict)")
-    hp = dict(ckpt.get("hyper_parameters") or {})
-    return _kind_of(hp) or "", hp, ckpt["state_dict"], dict(ckpt.get("datamodule_hyper_parameters") or {}), "ckpt"
-
-
 def load_stage(path: str | Path, kind: str, net: Mapping[str, Any] | None = None, key: str | None = None,
                device: str | torch.device = "cpu") -> LoadedStage:
-    """Rebuild a stage module from its checkpoint/export and load its weights for inference.
+    """Rebuild a stage module from its checkpoint/export (:mod:`mmgt.checkpoints`) for inference.
 
     ``kind``: ``smga`` or ``video``; ``net``: overrides of the recorded architecture (the weights must fit them).
-    EMA weights are used when the checkpoint has them. Raises :class:`GenerationError` with the file and config
-    key for a missing file, a checkpoint of the other stage, or weights that do not fit.
+    EMA weights are used when the checkpoint has them. Raises :class:`~mmgt.errors.CheckpointError` (a
+    :class:`GenerationError`) with the file and config key for a missing file, a checkpoint of the other stage,
+    stored settings that name code, non-finite weights, or weights that do not fit.
     """
     key = key or kind
-    found, hp, state, dm, fmt = _read_file(path, key)
-    p = Path(str(path)).expanduser()
-    if found != kind:
-        what = f"is a {KINDS[found]} checkpoint" if found in KINDS else "is not a checkpoint of an mmgt stage module"
-        raise GenerationError(f"{p} {what}; `{key}.ckpt` needs a {KINDS[kind]} checkpoint")
-    hp = copy.deepcopy(hp)
-    hp["net"] = _deep_update(hp.get("net") or {}, net)
-    if fmt == "safetensors":  # the export holds the (EMA-applied) network weights only
-        hp["ema"] = {**(hp.get("ema") or {}), "enabled": False}
-    try:
-        if kind == "smga":
-            from mmgt.lit.smga import SMGAModule
-
-            module: nn.Module = SMGAModule(**hp)
-        else:
-            from mmgt.lit.video import VideoModule
-
-            hp.update(init_from=None, load_weights=False)  # every weight comes from this file
-            module = VideoModule(**hp)
-    except (ValueError, TypeError, KeyError) as err:
-        raise GenerationError(f"{p}: cannot build the {KINDS[kind]} network from its recorded configuration with "
-                              f"`{key}.net` overrides {dict(net or {})}: {err}") from err
-    target = module if fmt == "ckpt" else module.net
-    _check_state(p, target, state, key)
-    target.load_state_dict(state, strict=True)
-    if kind == "video" and getattr(module, "ema", None) is not None:  # use the averaged trainable weights
-        named = dict(module.net.named_parameters())
-        with torch.no_grad():
-            for name, shadow in zip(module.ema.names, module.ema.shadows()):
-                named[name].copy_(shadow.to(named[name].dtype))
-    module.eval().requires_grad_(False).to(device)
+    ckpt = checkpoints.read(path, f"{key}.ckpt")
+    module = checkpoints.build_module(ckpt, kind, net, key, device)
     feat_key = "stage1_features" if kind == "smga" else "stage2_features"
-    return LoadedStage(kind, module, p, dict(dm.get(feat_key) or {}))
+    return LoadedStage(kind, module, ckpt.path, dict(ckpt.datamodule.get(feat_key) or {}))
 
 
-def export_safetensors(ckpt: str | Path, out: str | Path, kind: str | None = None) -> Path:
-    """Export a stage's Lightning checkpoint as a safetensors file of its network (EMA applied) whose metadata
-    records the architecture and feature settings, so it loads with no pickle and no training code state."""
-    from safetensors.torch import save_file
-
-    from mmgt.data.video_io import atomic_path
-
-    found, hp, _, dm, fmt = _read_file(ckpt, kind or "checkpoint")
-    if fmt != "ckpt" or not found or (kind and found != kind):
-        raise GenerationError(f"{ckpt}: expected a Lightning checkpoint of {KINDS.get(kind or '', 'a stage')}")
-    stage = load_stage(ckpt, found)
-    module = stage.module
-    net = module.sampling_net if found == "smga" else module.net
-    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
-    hp = copy.deepcopy(dict(module.hparams))
-    hp["ema"] = {**(hp.get("ema") or {}), "enabled": False}
-    if found == "video":
-        hp["init_from"] = None
-    meta = {"format": EXPORT_FORMAT, "kind": found, "hparams": json.dumps(hp, default=list),
-            "datamodule": json.dumps({k: dm.get(k) for k in ("stage1_features", "stage2_features") if k in dm})}
-    out = Path(out)
-    with atomic_path(out) as tmp:
-        save_file(state, str(tmp), metadata=meta)
-    return out
+export_safetensors = checkpoints.export_safetensors
 
 
 # --------------------------------------------------------------------------------------------------- pipeline

@@ -24,16 +24,29 @@ def instantiate_group(cfg: DictConfig | None) -> list[Any]:
 
 
 def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | None:
-    """``"last"`` -> ``<output_dir>/checkpoints/last.ckpt`` (None if it doesn't exist yet); paths must exist."""
+    """``"last"`` -> the newest loadable checkpoint of ``<output_dir>/checkpoints`` by training step (across
+    ``last*.ckpt`` and ``step-*.ckpt``; unreadable files are named and skipped; None when the run has none yet);
+    a run folder -> its newest loadable checkpoint; a file must exist."""
+    from mmgt import checkpoints
+
     if ckpt_path in (None, "", "null"):
         return None
     if ckpt_path == "last":
-        last = Path(output_dir) / "checkpoints" / "last.ckpt"
-        if not last.exists():
-            log.warning("ckpt_path=last but %s does not exist: starting from scratch", last)
+        d = Path(output_dir) / "checkpoints"
+        present = [f for g in checkpoints.CHECKPOINT_GLOBS for f in d.glob(g)] if d.is_dir() else []
+        if not present:
+            log.warning("ckpt_path=last but %s holds no checkpoint: starting from scratch", d)
             return None
-        return str(last)
-    if not Path(ckpt_path).exists():
+        found = checkpoints.latest_checkpoint(d)
+        if found is None:
+            raise checkpoints.CheckpointError(f"ckpt_path=last: none of the {len(present)} checkpoints in {d} can be "
+                                              "loaded (see the warnings above); remove them to start from scratch")
+        log.info("ckpt_path=last: resuming from %s", found)
+        return str(found)
+    p = Path(ckpt_path)
+    if p.is_dir():
+        return str(checkpoints.resolve(p, "ckpt_path"))
+    if not p.exists():
         raise FileNotFoundError(f"ckpt_path={ckpt_path}: checkpoint file not found")
     return str(ckpt_path)
 
@@ -53,7 +66,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     model = instantiate(cfg.model, data_info=info, _recursive_=False)
     callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
     loggers = instantiate_group(cfg.get("logger"))
-    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    from mmgt.lit.checkpoint_io import AtomicCheckpointIO
+
+    # checkpoints written atomically and resumed with weights_only=True whatever the environment says
+    trainer = instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, plugins=[AtomicCheckpointIO()])
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)

@@ -22,16 +22,34 @@ FPS = 25
 HOP = SAMPLE_RATE // FPS  # 640 audio samples per video frame: the one audio/video alignment constant
 
 
+def umask_mode(base: int = 0o666) -> int:
+    """The permission bits a plain ``open()`` would give a new file under the current umask."""
+    mask = os.umask(0)
+    os.umask(mask)
+    return base & ~mask
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
-    """Yield a temp path beside ``path``; rename it onto ``path`` only if the block succeeds."""
+    """Yield a temp path beside ``path`` (same filesystem, so the rename is atomic); if the block succeeds the file
+    is fsync'd, given the umask's permissions (``mkstemp`` makes it 0600) and renamed onto ``path``. A kill or a
+    full disk leaves the old file (or none) under the final name, never a truncated one."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         yield Path(tmp)
+        with open(tmp, "rb+") as fh:
+            os.fsync(fh.fileno())
+        os.chmod(tmp, umask_mode())
         os.replace(tmp, path)
+        with contextlib.suppress(OSError):  # persist the rename (not possible on every filesystem)
+            dfd = os.open(path.parent, os.O_RDONLY)
+            try:
+                os.fsync(dfd)
+            finally:
+                os.close(dfd)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)

@@ -30,6 +30,7 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
+from mmgt import checkpoints
 from mmgt.losses.smga import SMGALoss
 from mmgt.metrics.gesture import GestureMetrics
 from mmgt.models.gesture_diffusion import GestureDiffusion
@@ -103,6 +104,16 @@ class SMGAModule(L.LightningModule):
         self.fps = float(info.get("fps", 25.0))
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoints.stamp(checkpoint, "smga")
+
+    def inference_view(self) -> SMGAModule:
+        """Put the EMA weights into ``net`` and drop the average: the module as generation and exports use it."""
+        if self.ema is not None:
+            self.net.load_state_dict(self.ema.module.state_dict())
+            self.ema = None
+        return self
 
     @property
     def sampling_net(self) -> nn.Module:

@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from mmgt import checkpoints
 from mmgt.data.corpus import HOP
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
 from mmgt.utils.config import to_plain
@@ -65,28 +66,7 @@ def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: fl
     return num.clamp_max(float(gamma)) / (snr + 1)
 
 
-def load_net_state(path: str | Path, prefer_ema: bool = True) -> dict[str, torch.Tensor]:
-    """``VideoNet`` state dict from a Lightning checkpoint of this module (``net.*`` keys, EMA applied when
-    present and ``prefer_ema``) or from a plain state dict file; always ``weights_only=True`` / safetensors."""
-    p = Path(str(path)).expanduser()
-    if not p.exists():
-        raise FileNotFoundError(f"stage-A checkpoint not found: {p} (config key `model.init_from`)")
-    if p.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        sd: dict[str, Any] = load_file(str(p))
-    else:
-        sd = torch.load(p, map_location="cpu", weights_only=True)
-    ema = {}
-    if isinstance(sd, dict) and "state_dict" in sd:
-        full = sd["state_dict"]
-        ema = {k[len("ema."):].replace("__", "."): v for k, v in full.items() if k.startswith("ema.")}
-        sd = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
-    elif any(k.startswith("net.") for k in sd):
-        sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
-    if prefer_ema and ema:
-        sd.update({k: v for k, v in ema.items() if k in sd})
-    return sd
+load_net_state = checkpoints.video_net_state  # the name earlier code imports
 
 
 class EMA(nn.Module):
@@ -440,7 +420,18 @@ class VideoModule(L.LightningModule):
             log_video(self.loggers, f"val/sample_{i}", side_by_side(*parts), step=self.global_step, fps=fps)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["mmgt_video_stage"] = self.substage
+        checkpoints.stamp(checkpoint, "video", substage=self.substage)
+
+    def inference_view(self) -> VideoModule:
+        """Copy the EMA averages into the trainable parameters and drop the EMA: the module as generation and
+        exports use it."""
+        if self.ema is not None:
+            named = dict(self.net.named_parameters())
+            with torch.no_grad():
+                for name, shadow in zip(self.ema.names, self.ema.shadows()):
+                    named[name].copy_(shadow.to(named[name].dtype))
+            self.ema = None
+        return self
 
     @property
     def n_trainable(self) -> int:

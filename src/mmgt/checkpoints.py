@@ -1,0 +1,353 @@
+"""The one reader and writer of mmgt checkpoints: Lightning ``.ckpt`` files, run folders and safetensors exports.
+
+Rules kept in one place:
+
+- every read is ``torch.load(weights_only=True, mmap=True)`` or safetensors: no pickled code runs and a large
+  stage-2 checkpoint is mapped, not copied into memory;
+- every checkpoint and export records what it is (``mmgt: {kind, format_version}``); files written before the
+  record existed are recognised by their hyper-parameter keys;
+- stored hyper-parameters are **data**: before a module is rebuilt from them, every ``_target_`` they name must be
+  one of mmgt's own components or a torch/timm optimiser or LR scheduler class (:func:`check_stored_config`);
+  anything else is refused naming the file and the key, so a crafted file cannot call arbitrary code;
+- a run folder resolves to its newest *loadable* checkpoint by training step, across ``last*.ckpt`` and
+  ``step-*.ckpt``; unreadable files are skipped and named;
+- writes go to a temp file beside the target, are fsync'd and renamed (:func:`mmgt.data.video_io.atomic_path`;
+  Lightning's saves through :class:`mmgt.lit.checkpoint_io.AtomicCheckpointIO`), with the umask's permissions.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import importlib
+import inspect
+import json
+import logging
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mmgt.errors import CheckpointError
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+EXPORT_FORMAT = "mmgt-export-1"
+KINDS = {"smga": "stage-1 (SMGA, audio -> poses)", "video": "stage-2 (video diffusion)"}
+CHECKPOINT_GLOBS = ("last*.ckpt", "step-*.ckpt")
+
+# targets a stored config may name: mmgt components (checked to be classes below) and optimiser/scheduler classes
+_MMGT_TARGET = re.compile(r"^mmgt\.(models|losses|metrics|pose)(\.[a-z_][a-z0-9_]*)*\.[A-Z][A-Za-z0-9_]*$")
+_OPTIM_TARGET = re.compile(r"^(torch\.optim(\.lr_scheduler)?|timm\.optim)\.[A-Z][A-Za-z0-9_]*$")
+
+
+# --------------------------------------------------------------------------------------------- stored settings
+
+
+def _resolve_class(target: str) -> Any:
+    module, _, name = target.rpartition(".")
+    try:
+        return getattr(importlib.import_module(module), name)
+    except (ImportError, AttributeError):
+        return None
+
+
+def _safe_target(target: Any) -> bool:
+    if not isinstance(target, str):
+        return False
+    if _MMGT_TARGET.match(target):
+        obj = _resolve_class(target)
+        return inspect.isclass(obj) and (issubclass(obj, nn.Module) or dataclasses.is_dataclass(obj))
+    if _OPTIM_TARGET.match(target):
+        obj = _resolve_class(target)
+        sched = getattr(torch.optim.lr_scheduler, "LRScheduler", object)
+        return inspect.isclass(obj) and issubclass(obj, torch.optim.Optimizer | sched)
+    return False
+
+
+def check_stored_config(cfg: Any, path: str | Path, where: str = "hyper_parameters") -> None:
+    """Refuse stored settings that name code: every ``_target_`` must be an mmgt component class (an
+    ``nn.Module`` or dataclass under ``mmgt.models/losses/metrics/pose``) or a torch/timm optimiser or LR scheduler
+    class. Raises :class:`CheckpointError` naming the file and the first offending key."""
+    if isinstance(cfg, Mapping):
+        for k, v in cfg.items():
+            if k == "_target_" and not _safe_target(v):
+                raise CheckpointError(f"{path}: stored setting `{where}._target_` = {v!r} is not an mmgt component "
+                                      "or optimiser class; stored hyper-parameters are data and may not name code "
+                                      "to run (refusing to build anything from this file)")
+            check_stored_config(v, path, f"{where}.{k}")
+    elif isinstance(cfg, list | tuple):
+        for i, v in enumerate(cfg):
+            check_stored_config(v, path, f"{where}[{i}]")
+
+
+# --------------------------------------------------------------------------------------------------- reading
+
+
+@dataclass
+class Checkpoint:
+    """What a checkpoint or export holds, read once."""
+
+    path: Path
+    kind: str  # "smga" | "video" | "" (not an mmgt stage module)
+    format: str  # "ckpt" | "safetensors"
+    version: int  # mmgt format version (0 = written before versions were recorded)
+    hparams: dict[str, Any]
+    state_dict: dict[str, torch.Tensor]
+    datamodule: dict[str, Any] = field(default_factory=dict)
+    global_step: int = -1
+
+    def describe(self) -> str:
+        return KINDS.get(self.kind, "not a checkpoint of an mmgt stage module")
+
+
+def kind_of(ckpt: Mapping[str, Any]) -> str:
+    """The stage a Lightning checkpoint dict belongs to: its ``mmgt.kind`` record, else guessed from the
+    hyper-parameter keys (files written before the record existed)."""
+    rec = ckpt.get("mmgt")
+    if isinstance(rec, Mapping) and rec.get("kind") in KINDS:
+        return str(rec["kind"])
+    hp = ckpt.get("hyper_parameters") or {}
+    if "substage" in hp and "net" in hp:
+        return "video"
+    if "diffusion" in hp and "sampling" in hp and "net" in hp:
+        return "smga"
+    return ""
+
+
+def stamp(checkpoint: dict[str, Any], kind: str, **extra: Any) -> None:
+    """Record what a checkpoint is (called from the LightningModules' ``on_save_checkpoint``)."""
+    checkpoint["mmgt"] = {"kind": kind, "format_version": FORMAT_VERSION, **extra}
+
+
+def load_torch(path: str | Path, what: str = "checkpoint") -> Any:
+    """``torch.load`` with ``weights_only=True`` (forced: an explicit argument beats
+    ``TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD``) and memory-mapped; errors name the file."""
+    p = Path(str(path))
+    try:
+        return torch.load(p, map_location="cpu", weights_only=True, mmap=True)
+    except Exception as err:  # noqa: BLE001 - pickled code, truncated/empty files, non-torch files
+        size = p.stat().st_size if p.exists() else -1
+        raise CheckpointError(f"{p}: cannot load as a {what} with weights_only=True ({type(err).__name__}: {err}; "
+                              f"{size} bytes)") from err
+
+
+def latest_checkpoint(ckpt_dir: str | Path) -> Path | None:
+    """Newest loadable checkpoint of a run's ``checkpoints/`` folder by training step (ties: newest file), across
+    ``last*.ckpt`` and ``step-*.ckpt``; unreadable files are skipped with a warning naming each. None if none."""
+    d = Path(ckpt_dir)
+    files = sorted({f for g in CHECKPOINT_GLOBS for f in d.glob(g) if f.is_file()})
+    best: tuple[int, float, Path] | None = None
+    for f in files:
+        try:
+            ckpt = load_torch(f)
+            step = int(ckpt.get("global_step", -1)) if isinstance(ckpt, Mapping) else -1
+            if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+                raise CheckpointError(f"{f}: not a Lightning checkpoint (no state_dict)")
+        except CheckpointError as err:
+            log.warning("skipping unloadable checkpoint %s", err)
+            continue
+        key = (step, f.stat().st_mtime, f)
+        if best is None or key[:2] > best[:2]:
+            best = key
+    return best[2] if best else None
+
+
+def resolve(path: str | Path, key: str = "ckpt") -> Path:
+    """A checkpoint file, or a run folder (or its ``checkpoints/``) -> its newest loadable checkpoint."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        d = p / "checkpoints" if (p / "checkpoints").is_dir() else p
+        found = latest_checkpoint(d)
+        if found is None:
+            raise CheckpointError(f"no loadable checkpoint in {d} (config key `{key}`)")
+        return found
+    if not p.is_file():
+        raise CheckpointError(f"checkpoint not found: {p} (config key `{key}`)")
+    return p
+
+
+def read(path: str | Path, key: str = "ckpt") -> Checkpoint:
+    """Read a Lightning ``.ckpt``, a run folder's newest checkpoint, or a safetensors export."""
+    p = resolve(path, key)
+    if p.suffix == ".safetensors":
+        from safetensors import safe_open
+        from safetensors.torch import load_file
+
+        try:
+            with safe_open(str(p), framework="pt") as fh:
+                meta = fh.metadata() or {}
+            state = load_file(str(p))
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"{p}: not a readable safetensors file ({err})") from err
+        if meta.get("format") != EXPORT_FORMAT:
+            raise CheckpointError(f"{p}: not an mmgt export (no '{EXPORT_FORMAT}' metadata); export Lightning "
+                                  "checkpoints with mmgt.checkpoints.export_safetensors")
+        try:
+            hp, dm = json.loads(meta["hparams"]), json.loads(meta.get("datamodule", "{}"))
+        except (KeyError, json.JSONDecodeError) as err:
+            raise CheckpointError(f"{p}: export metadata is not valid JSON ({err})") from err
+        return Checkpoint(p, meta.get("kind", ""), "safetensors", int(meta.get("format_version", 0) or 0), hp, state,
+                          dm)
+    ckpt = load_torch(p)
+    if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
+        raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict)")
+    rec = ckpt.get("mmgt") if isinstance(ckpt.get("mmgt"), Mapping) else {}
+    return Checkpoint(p, kind_of(ckpt), "ckpt", int(rec.get("format_version", 0)),
+                      dict(ckpt.get("hyper_parameters") or {}), dict(ckpt["state_dict"]),
+                      dict(ckpt.get("datamodule_hyper_parameters") or {}), int(ckpt.get("global_step", -1)))
+
+
+# ---------------------------------------------------------------------------------------------- rebuilding
+
+
+def _deep_update(base: dict[str, Any], over: Mapping[str, Any] | None) -> dict[str, Any]:
+    out = copy.deepcopy(base)
+    for k, v in (over or {}).items():
+        if isinstance(v, Mapping) and isinstance(out.get(k), dict):
+            out[k] = _deep_update(out[k], v)
+        else:
+            out[k] = copy.deepcopy(v)
+    return out
+
+
+def check_state(path: Path, model: nn.Module, state: Mapping[str, torch.Tensor], key: str) -> None:
+    """Refuse weights that do not fit ``model``, naming the first mismatching tensors."""
+    own = model.state_dict()
+    missing = [k for k in own if k not in state]
+    unexpected = [k for k in state if k not in own]
+    shapes = [f"{k}: file {tuple(state[k].shape)} vs model {tuple(own[k].shape)}" for k in own
+              if k in state and tuple(state[k].shape) != tuple(own[k].shape)]
+    if missing or unexpected or shapes:
+        parts = []
+        for label, items in (("shape mismatches", shapes), ("tensors missing from the file", missing),
+                             ("unexpected tensors", unexpected)):
+            if items:
+                parts.append(f"{len(items)} {label} (e.g. {'; '.join(items[:3])})")
+        raise CheckpointError(f"{path} does not match the configured architecture (`{key}.net` overrides and the "
+                              f"architecture recorded in the checkpoint): " + ", ".join(parts))
+
+
+def non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Names of floating-point tensors holding NaN or inf."""
+    return [k for k, v in state.items() if torch.is_tensor(v) and v.is_floating_point() and
+            not bool(torch.isfinite(v).all())]
+
+
+def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = None, key: str | None = None,
+                 device: str | torch.device = "cpu") -> nn.Module:
+    """Rebuild a stage module for inference from a checkpoint read by :func:`read`, with its weights loaded (EMA
+    applied when the checkpoint has it) and non-finite weights refused. The stored settings are validated as data
+    first (:func:`check_stored_config`); training-only blocks (optimiser, LR scheduler) are not rebuilt."""
+    key = key or kind
+    if ckpt.kind != kind:
+        what = f"is a {KINDS[ckpt.kind]} checkpoint" if ckpt.kind in KINDS else f"is {ckpt.describe()}"
+        raise CheckpointError(f"{ckpt.path} {what}; `{key}.ckpt` needs a {KINDS[kind]} checkpoint")
+    hp = copy.deepcopy(ckpt.hparams)
+    for train_only in ("optim", "scheduler"):
+        hp.pop(train_only, None)
+    check_stored_config(hp, ckpt.path)
+    hp["net"] = _deep_update(hp.get("net") or {}, net)
+    if ckpt.format == "safetensors":  # the export holds the (EMA-applied) network weights only
+        hp["ema"] = {**(hp.get("ema") or {}), "enabled": False}
+    try:
+        if kind == "smga":
+            from mmgt.lit.smga import SMGAModule
+
+            module: nn.Module = SMGAModule(**hp)
+        else:
+            from mmgt.lit.video import VideoModule
+
+            hp.update(init_from=None, load_weights=False)  # every weight comes from this file
+            module = VideoModule(**hp)
+    except (ValueError, TypeError, KeyError) as err:
+        raise CheckpointError(f"{ckpt.path}: cannot build the {KINDS[kind]} network from its recorded configuration "
+                              f"with `{key}.net` overrides {dict(net or {})}: {err}") from err
+    target = module if ckpt.format == "ckpt" else module.net
+    check_state(ckpt.path, target, ckpt.state_dict, key)
+    target.load_state_dict(ckpt.state_dict, strict=True)
+    module.inference_view()
+    bad = non_finite(dict(module.state_dict()))
+    if bad:
+        raise CheckpointError(f"{ckpt.path}: {len(bad)} weight tensors hold NaN/inf (e.g. {', '.join(bad[:3])}); "
+                              "the run diverged before this checkpoint: use an earlier one")
+    return module.eval().requires_grad_(False).to(device)
+
+
+def export_safetensors(ckpt_path: str | Path, out: str | Path, kind: str | None = None) -> Path:
+    """Export a stage's Lightning checkpoint as a safetensors file of its network (EMA applied) whose metadata
+    records the architecture and feature settings, so it loads with no pickle and no training code state."""
+    ckpt = read(ckpt_path, kind or "checkpoint")
+    if ckpt.format != "ckpt" or not ckpt.kind or (kind and ckpt.kind != kind):
+        raise CheckpointError(f"{ckpt_path}: expected a Lightning checkpoint of {KINDS.get(kind or '', 'a stage')}")
+    module = build_module(ckpt, ckpt.kind)
+    return write_export(module.net, ckpt.kind, module.hparams, ckpt.datamodule, out)
+
+
+def write_export(net: nn.Module, kind: str, hparams: Mapping[str, Any], datamodule: Mapping[str, Any],
+                 out: str | Path) -> Path:
+    """Write a network's weights as an mmgt safetensors export (kind, format version, settings in metadata)."""
+    from safetensors.torch import save_file
+
+    from mmgt.data.video_io import atomic_path
+
+    state = {k: v.detach().cpu().contiguous().clone() for k, v in net.state_dict().items()}
+    hp = copy.deepcopy(dict(hparams))
+    hp["ema"] = {**(hp.get("ema") or {}), "enabled": False}
+    if kind == "video":
+        hp["init_from"] = None
+    meta = {"format": EXPORT_FORMAT, "kind": kind, "format_version": str(FORMAT_VERSION),
+            "hparams": json.dumps(hp, default=list),
+            "datamodule": json.dumps({k: datamodule.get(k) for k in ("stage1_features", "stage2_features")
+                                      if k in datamodule})}
+    out = Path(out)
+    with atomic_path(out) as tmp:
+        save_file(state, str(tmp), metadata=meta)
+    return out
+
+
+def video_net_state(path: str | Path, prefer_ema: bool = True, key: str = "model.init_from") -> dict[str, torch.Tensor]:
+    """``VideoNet`` weights from a stage-2 checkpoint (``net.*``, EMA applied when present and ``prefer_ema``), a
+    safetensors export, or a plain state-dict file — to initialise a model, so no stored setting is used."""
+    p = Path(str(path)).expanduser()
+    if p.is_dir():
+        p = resolve(p, key)
+    if not p.exists():
+        raise FileNotFoundError(f"stage-A checkpoint not found: {p} (config key `{key}`)")
+    if p.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        sd: dict[str, Any] = load_file(str(p))
+    else:
+        sd = load_torch(p)
+    ema = {}
+    if isinstance(sd, Mapping) and "state_dict" in sd:
+        full = sd["state_dict"]
+        ema = {k[len("ema."):].replace("__", "."): v for k, v in full.items() if k.startswith("ema.")}
+        sd = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
+    elif any(k.startswith("net.") for k in sd):
+        sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
+    if prefer_ema and ema:
+        sd.update({k: v for k, v in ema.items() if k in sd})
+    return dict(sd)
+
+
+def state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """A plain state dict from a ``.safetensors`` or torch file (a Lightning file's ``state_dict``)."""
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    sd = load_torch(path, "state dict")
+    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+
+
+__all__ = ["EXPORT_FORMAT", "FORMAT_VERSION", "KINDS", "Checkpoint", "CheckpointError",
+           "build_module", "check_state", "check_stored_config", "export_safetensors", "kind_of", "latest_checkpoint",
+           "load_torch", "non_finite", "read", "resolve", "stamp", "state_dict_file", "video_net_state",
+           "write_export"]
