@@ -1,25 +1,27 @@
 """Region masks from keypoints: the single definition used by training AND generation.
 
 MM-HAA multiplies each audio cross-attention branch by a region mask at the block's resolution. In the
-original MMGT those masks were per-frame axis-aligned keypoint boxes (reference notes §3), rendered to
-mask videos offline and read back by *different* code paths for training and inference, which ended up
-feeding different regions to the "full" branch (hands in training, 1 + lips at inference). Here masks are
-derived from keypoints in code, by one object: :class:`RegionMaskBuilder`. The DataModule (ground-truth
-keypoints) and the generation pipeline (SMGA-predicted keypoints) both call the same builder built from
-the same ``mask`` config, so the two paths cannot drift apart.
+original MMGT those masks were per-frame axis-aligned keypoint boxes, rendered to mask videos offline and
+read back by *different* code paths for training and inference, which ended up feeding different regions
+to the "full" branch (hands in training, 1 + lips at inference). Here masks are derived from keypoints in
+code, by one object: :class:`RegionMaskBuilder`. The DataModule (ground-truth keypoints) and the generation
+pipeline (SMGA-predicted keypoints) both call the same builder built from the same ``mask`` config, so the
+two paths cannot drift apart.
 
 Regions (all from *visible* keypoints: score >= threshold, knees/ankles hidden, inside the frame):
 
-=============  ==================================================================================
-``lips``       bbox of the mouth points 72-91
-``face``       bbox of the face points 24-91 (plus each hand's box when ``face_includes_hands``,
-               as the original's face mask)
-``hands``      one bbox per hand (92-112, 113-133), union
-``body``       bbox of all visible body, face and hand points (the whole visible person; the face is
-               included so the brows/forehead above the eyes are not "background")
-``background`` ``1 - body``
-``full``       the whole frame (ones)
-=============  ==================================================================================
+=================  ==============================================================================
+``lips``           bbox of the mouth points 72-91
+``face``           bbox of the face points 24-91 (plus each hand's box when ``face_includes_hands``,
+                   as the original's face mask)
+``hands``          one bbox per hand (92-112, 113-133), union
+``body``           bbox of all visible body, face and hand points (the whole visible person; the face
+                   is included so the brows/forehead above the eyes are not "background")
+``background``     ``1 - body``
+``full``           the whole frame (ones)
+``one_plus_lips``  ``1 + lips`` after the lips' blur (values in [1, 2]): the original's inference-time
+                   "full" branch
+=================  ==============================================================================
 
 A box needs positive width and height (a single point or a line gives nothing); ``padding`` grows each
 side by that fraction of the box's size (0 = the original's tight boxes). Boxes are rasterised directly at
@@ -27,7 +29,18 @@ the mask resolution (usually the latent size) with exact area coverage, i.e. wha
 image size and area-downsampling would give, so a box thinner than a latent pixel still shows up.
 
 Modes: ``boxes`` (per-frame boxes, as MMGT), ``union`` (per-clip union over frames, i.e. Hallo's static
-masks), ``none`` (all ones: every branch sees the whole frame, used by the ``haa`` ablation).
+masks), ``none`` (all ones: every branch sees the whole frame, used by the ``haa`` ablation), ``official``
+(the original's masks value for value, below).
+
+``official`` mode reproduces the original pipeline: boxes over the points with score >= threshold and
+*truncated* integer x, y >= 1, ``[min, max)`` (max exclusive), drawn at image size as uint8 0/255; the face
+box canvas plus the hands canvas (with ``legacy_uint8_wrap`` as uint8 with wrap-around, so an overlap is
+254); each mask resized to ``blur_side`` squared (OpenCV bilinear), Gaussian-blurred (kernel from ``blur``
+times ``blur_side``, OpenCV's sigma), OpenCV MIN-MAX normalised to 0..255; then every level resized from
+that with PIL bilinear (what torchvision's ``Resize`` does on a PIL image) and divided by 255. Levels are
+``floor(h / 2**l)``, so a 512-px image with latent 64 gives 64, 32, 16, 8 as the original's img//8..img//64.
+Needs ``opencv-python-headless``. Only the original's regions exist there (full, face, lips, hands,
+one_plus_lips); conf/mask/official.yaml (inference routing) and official_train.yaml (training routing).
 
 Soft masks: a Gaussian blur whose kernel is a fraction of the side (the original at 64 px: 31 for the face
 = 0.484, 21 for lips/hands = 0.328; sigma as OpenCV's automatic choice), then min-max normalisation per
@@ -35,7 +48,8 @@ frame. An empty region stays all zeros; a constant non-empty mask (e.g. ``full``
 
 Which region feeds which branch is the ``branches`` mapping (branch name -> region; order = branch
 order of MM-HAA). Default ``full=full, face=face, lips=lips``. The original trained the "full" branch on
-hands and ran inference with 1 + lips; reproduce the training side with ``mask.branches.full=hands``.
+hands and ran inference with 1 + lips; reproduce the training side with ``mask.branches.full=hands`` and
+the inference side with ``mask.branches.full=one_plus_lips`` (presets: conf/mask/official*.yaml).
 """
 
 from __future__ import annotations
@@ -60,8 +74,10 @@ from mmgt.pose.layout import (
     visibility,
 )
 
-MODES = ("none", "boxes", "union")
-REGIONS = ("full", "face", "lips", "hands", "body", "background")
+MODES = ("none", "boxes", "union", "official")
+REGIONS = ("full", "face", "lips", "hands", "body", "background", "one_plus_lips")
+OFFICIAL_REGIONS = ("full", "face", "lips", "hands", "one_plus_lips")
+OFFICIAL_EPS = 0.01  # the original keeps a point when its integer x, y exceed this (i.e. >= 1)
 
 # The original's kernels at 64 px: 31 (face) and 21 (lips, hands).
 DEFAULT_BLUR: dict[str, float] = {"face": 31 / 64, "lips": 21 / 64, "hands": 21 / 64}
@@ -78,6 +94,8 @@ class MaskConfig:
     face_includes_hands: bool = True
     padding: float = 0.0
     threshold: float = VISIBILITY_THRESHOLD
+    blur_side: int = 64  # official mode: the square side the box masks are resized to before the blur
+    legacy_uint8_wrap: bool = False  # official mode: face + hands added as uint8 with wrap-around (overlap 254)
 
     def __post_init__(self) -> None:
         self.branches = {str(k): str(v) for k, v in dict(self.branches).items()}
@@ -95,6 +113,18 @@ class MaskConfig:
                              f"got {bad_blur}")
         if self.padding < 0:
             raise ValueError(f"mask.padding must be >= 0, got {self.padding}")
+        self.blur_side = int(self.blur_side)
+        if self.blur_side < 1:
+            raise ValueError(f"mask.blur_side must be >= 1, got {self.blur_side}")
+        if self.mode == "official":
+            bad = {k: v for k, v in self.branches.items() if v not in OFFICIAL_REGIONS}
+            if bad:
+                raise ValueError(f"mask.mode=official knows only the original's regions {OFFICIAL_REGIONS}, got {bad}")
+            if self.padding != 0:
+                raise ValueError("mask.mode=official draws the original's tight boxes: mask.padding must be 0")
+        elif self.legacy_uint8_wrap:
+            raise ValueError("mask.legacy_uint8_wrap belongs to mask.mode=official "
+                             "(the original's uint8 face + hands sum)")
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MaskConfig:
@@ -204,6 +234,42 @@ def minmax_normalize(masks: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return torch.where(rng > eps, norm, flat.clamp(0.0, 1.0)).view_as(masks)
 
 
+def _cv2() -> Any:
+    """OpenCV, imported only where the official mode needs it."""
+    try:
+        import cv2
+    except ImportError as err:  # pragma: no cover - a declared dependency
+        raise ImportError("mask.mode=official needs OpenCV: pip install opencv-python-headless") from err
+    return cv2
+
+
+def official_soft_masks(masks: np.ndarray, kernel: int, side: int) -> np.ndarray:
+    """The original's ``blur_mask``: uint8 ``(T, H, W)`` box masks -> uint8 ``(T, side, side)``.
+
+    OpenCV bilinear resize, Gaussian blur (``kernel`` odd, sigma 0 = OpenCV's rule), MIN-MAX to 0..255. The
+    original did this on 3 equal channels and then took PIL's ``L``, which equals any one channel.
+    """
+    cv2 = _cv2()
+    out = np.empty((masks.shape[0], side, side), np.uint8)
+    for t, m in enumerate(np.ascontiguousarray(masks, dtype=np.uint8)):
+        m = cv2.resize(m, (side, side), interpolation=cv2.INTER_LINEAR)
+        if kernel > 1:
+            m = cv2.GaussianBlur(m, (kernel, kernel), 0)
+        out[t] = cv2.normalize(m, None, 0, 255, cv2.NORM_MINMAX)
+    return out
+
+
+def official_mask_pyramid(masks: np.ndarray, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
+    """uint8 ``(T, h, w)`` soft masks -> float ``(T, h_l, w_l)`` per size: PIL bilinear resize, then / 255.
+
+    What torchvision's ``Resize((s, s))`` + ``ToTensor`` do on the original's PIL images.
+    """
+    from PIL import Image
+
+    return [torch.from_numpy(np.stack([np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR)) for m in masks])
+                             ).float().div(255) for h, w in sizes]
+
+
 def pyramid_sizes(latent_hw: tuple[int, int], n_levels: int = 4) -> list[tuple[int, int]]:
     """``ceil(h / 2**l), ceil(w / 2**l)`` per level: what a diffusers UNet's stride-2 downsamplers give."""
     h, w = int(latent_hw[0]), int(latent_hw[1])
@@ -259,7 +325,13 @@ class RegionMaskBuilder:
         xy = kp[..., :2]
         vis = visibility(kp, drop_legs=True, threshold=cfg.threshold)
         vis = vis & torch.isfinite(xy).all(-1)
-        vis = vis & (xy[..., 0] >= 0) & (xy[..., 0] <= img_w) & (xy[..., 1] >= 0) & (xy[..., 1] <= img_h)
+        official = cfg.mode == "official"
+        if official:  # integer boxes over points with truncated x, y >= 1 (the canvas clips the far side)
+            xy = torch.trunc(torch.nan_to_num(xy, nan=-1.0))
+            vis = vis & (xy > OFFICIAL_EPS).all(-1)
+            kp = torch.cat([xy, kp[..., 2:]], -1)
+        else:
+            vis = vis & (xy[..., 0] >= 0) & (xy[..., 0] <= img_w) & (xy[..., 1] >= 0) & (xy[..., 1] <= img_h)
 
         cache: dict[str, torch.Tensor] = {}
 
@@ -278,12 +350,16 @@ class RegionMaskBuilder:
                 m = torch.maximum(box(LEFT_HAND), box(RIGHT_HAND))
             elif name == "face":
                 m = box(FACE)
-                if cfg.face_includes_hands:
+                if cfg.face_includes_hands and cfg.legacy_uint8_wrap:  # 255 + 255 = 254 in uint8
+                    m = torch.remainder(torch.round(m * 255) + torch.round(get("hands") * 255), 256) / 255
+                elif cfg.face_includes_hands:
                     m = torch.maximum(m, get("hands"))
             elif name == "body":
                 m = box(BODY + FACE + LEFT_HAND + RIGHT_HAND)
             elif name == "background":
                 m = 1.0 - get("body")
+            elif name == "one_plus_lips":
+                m = 1.0 + get("lips")
             else:
                 raise KeyError(f"unknown mask region {name!r}; known: {REGIONS}")
             cache[name] = m
@@ -313,9 +389,13 @@ class RegionMaskBuilder:
 
         if cfg.mode == "none":
             masks = torch.ones(k, n_frames, *mask_hw, device=kp_t.device)
+        elif cfg.mode == "official":
+            pyramid = self._official(kp_t, image_hw, mask_hw, n_levels)
+            return {"masks": pyramid[0], "pyramid": pyramid}
         else:
             needed = list(dict.fromkeys(cfg.branches.values()))
-            hard = self.region_masks(kp_t, image_hw, mask_hw, needed)
+            base = [r for r in needed if r != "one_plus_lips"] + (["lips"] if "one_plus_lips" in needed else [])
+            hard = self.region_masks(kp_t, image_hw, mask_hw, list(dict.fromkeys(base)))
             soft: dict[str, torch.Tensor] = {}
             for name, m in hard.items():
                 if cfg.mode == "union":
@@ -324,6 +404,30 @@ class RegionMaskBuilder:
                 if frac > 0:
                     m = minmax_normalize(blur_masks(m, frac))
                 soft[name] = m.expand(n_frames, *mask_hw)
+            if "one_plus_lips" in needed:  # after the lips' blur/normalisation, as the original's 1 + lip
+                soft["one_plus_lips"] = 1.0 + soft["lips"]
             masks = torch.stack([soft[r] for r in cfg.branches.values()]).contiguous()
         pyramid = mask_pyramid(masks, mask_hw, n_levels)
         return {"masks": masks, "pyramid": pyramid}
+
+    def _official(self, kp: torch.Tensor, image_hw: tuple[int, int], mask_hw: tuple[int, int],
+                  n_levels: int) -> list[torch.Tensor]:
+        """The original's masks: uint8 boxes at image size -> OpenCV blur at ``blur_side`` -> PIL levels."""
+        cfg = self.cfg
+        needed = list(dict.fromkeys(cfg.branches.values()))
+        base = [r for r in needed if r in ("face", "lips", "hands")]
+        if "one_plus_lips" in needed and "lips" not in base:
+            base.append("lips")
+        hard = self.region_masks(kp.cpu(), image_hw, image_hw, base)
+        sizes = [(max(1, mask_hw[0] >> lvl), max(1, mask_hw[1] >> lvl)) for lvl in range(n_levels)]
+        levels: dict[str, list[torch.Tensor]] = {}
+        for name, m in hard.items():
+            boxes = torch.round(m * 255).to(torch.uint8).numpy()
+            soft = official_soft_masks(boxes, gaussian_kernel_size(cfg.blur.get(name, 0.0), cfg.blur_side),
+                                       cfg.blur_side)
+            levels[name] = official_mask_pyramid(soft, sizes)
+        if "one_plus_lips" in needed:  # audio2vid's full mask: 1 + the lips level tensors
+            levels["one_plus_lips"] = [1.0 + lvl for lvl in levels["lips"]]
+        if "full" in needed:
+            levels["full"] = [torch.ones(kp.shape[0], *hw) for hw in sizes]
+        return [torch.stack([levels[r][lvl] for r in cfg.branches.values()]).to(kp.device) for lvl in range(n_levels)]
