@@ -1,0 +1,216 @@
+"""mmgt.checkpoints: crafted files run no code through any entry point (generate, evaluate, init_from, resume),
+``ckpt_path=last`` finds the newest loadable checkpoint, writes are atomic with the umask's permissions, and files
+written before the format record existed still load."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import lightning as L
+import pytest
+import torch
+from omegaconf import OmegaConf
+
+from mmgt import checkpoints
+from mmgt.errors import CheckpointError
+from mmgt.lit.checkpoint_io import AtomicCheckpointIO
+from mmgt.lit.smga import SMGAModule
+from mmgt.lit.video import VideoModule
+from mmgt.pose.masks import MaskConfig
+from mmgt.runner import resolve_ckpt_path
+
+SMGA_NET = dict(width=32, ff_size=64, num_layers=1, num_heads=2, audio_layers=1, dropout=0.0)
+SMGA_INFO = dict(audio_feature_dim=66, window=16, frame_size=[64, 64], fps=25.0,
+                 normalizer=dict(width=64, height=64, margin=0.5, legacy=False))
+VIDEO_NET = dict(
+    codec=dict(type="pixel", factor=4), image_encoder=dict(type="conv", channels=[8, 16]),
+    unet=dict(block_out_channels=[16, 32], layers_per_block=1, down_blocks=["cross", "cross"], heads=2,
+              cross_attention_dim=16, norm_num_groups=8, motion_heads=2, motion_max_seq_length=32),
+    pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
+    audio_attention=dict(heads=2),
+)
+VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
+                  mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
+
+
+class _Payload:
+    """Unpickling this object creates a marker directory (stands for any code a pickle can run)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):  # type: ignore[no-untyped-def]
+        return (os.makedirs, (str(self.marker),))
+
+
+def _marker_target(marker: Path) -> dict:
+    """A Hydra node that, if instantiated, creates the marker directory."""
+    return {"_target_": "os.makedirs", "name": str(marker)}
+
+
+@pytest.fixture(scope="module")
+def modules() -> dict[str, L.LightningModule]:
+    torch.manual_seed(0)
+    return {"smga": SMGAModule(SMGA_NET, data_info=SMGA_INFO, sampling=dict(steps=2)),
+            "video": VideoModule(VIDEO_NET, attention={"type": "mm_haa", "blocks": ["down"]}, substage="b",
+                                 data_info=VIDEO_INFO)}
+
+
+def _save(module: L.LightningModule, path: Path, hparams: dict | None = None, **extra) -> Path:
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": hparams or dict(module.hparams),
+            "pytorch-lightning_version": L.__version__, "global_step": extra.pop("global_step", 0),
+            "datamodule_hyper_parameters": extra.pop("datamodule", {"stage1_features": {}, "stage2_features": {}}),
+            **extra}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
+
+
+def _crafted_hparams(module: L.LightningModule, marker: Path, where: str) -> dict:
+    hp = json.loads(json.dumps(dict(module.hparams), default=list))
+    hp[where] = _marker_target(marker)
+    return hp
+
+
+@pytest.mark.parametrize("kind,where", [("smga", "loss"), ("smga", "metrics"), ("video", "metrics"),
+                                        ("video", "attention")])
+def test_crafted_ckpt_targets_build_nothing(modules, tmp_path, kind, where) -> None:
+    from mmgt.inference import load_stage
+
+    marker = tmp_path / "marker"
+    path = _save(modules[kind], tmp_path / "evil.ckpt", _crafted_hparams(modules[kind], marker, where))
+    with pytest.raises(CheckpointError, match=r"evil\.ckpt.*os\.makedirs.*data"):
+        load_stage(path, kind)
+    assert not marker.exists()
+
+
+def test_crafted_export_metadata_builds_nothing(modules, tmp_path) -> None:
+    from safetensors.torch import save_file
+
+    from mmgt.inference import load_stage
+
+    marker = tmp_path / "marker"
+    hp = _crafted_hparams(modules["smga"], marker, "loss")
+    hp["loss"] = {"nested": [_marker_target(marker)]}  # anywhere in the tree
+    state = {k: v.contiguous() for k, v in modules["smga"].net.state_dict().items()}
+    path = tmp_path / "evil.safetensors"
+    save_file(state, str(path), metadata={"format": checkpoints.EXPORT_FORMAT, "kind": "smga",
+                                          "hparams": json.dumps(hp), "datamodule": "{}"})
+    with pytest.raises(CheckpointError, match=r"loss\.nested\[0\]\._target_"):
+        load_stage(path, "smga")
+    assert not marker.exists()
+
+
+def test_pickle_payloads_refused_even_when_the_environment_allows_them(modules, tmp_path, monkeypatch) -> None:
+    """Every reader forces weights_only: generation, init_from, Lightning resume and run-folder resolution."""
+    from mmgt.inference import load_stage
+
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": modules["video"].state_dict(), "hyper_parameters": dict(modules["video"].hparams),
+                "payload": _Payload(marker)}, path)
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        load_stage(path, "video")
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        VideoModule(VIDEO_NET, attention={"type": "mm_haa", "blocks": ["down"]}, substage="b",
+                    data_info=VIDEO_INFO, init_from=str(path))
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        AtomicCheckpointIO().load_checkpoint(path)
+    (tmp_path / "checkpoints").mkdir()
+    os.replace(path, tmp_path / "checkpoints" / "last.ckpt")
+    with pytest.raises(CheckpointError, match="none of the 1 checkpoints"):
+        resolve_ckpt_path("last", tmp_path)
+    assert not marker.exists()
+
+
+def test_resume_through_the_trainer_runs_no_pickle(tmp_path, monkeypatch) -> None:
+    """Lightning's own resume path goes through AtomicCheckpointIO (what mmgt.runner.train installs)."""
+    monkeypatch.setenv("TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD", "1")
+    marker = tmp_path / "marker"
+    path = tmp_path / "evil.ckpt"
+    torch.save({"state_dict": {}, "payload": _Payload(marker), "global_step": 1}, path)
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    model = BoringModel()
+    trainer = L.Trainer(max_steps=1, logger=False, enable_checkpointing=False, enable_progress_bar=False,
+                        enable_model_summary=False, plugins=[AtomicCheckpointIO()])
+    with pytest.raises(CheckpointError, match="weights_only=True"):
+        trainer.fit(model, ckpt_path=str(path))
+    assert not marker.exists()
+
+
+def test_evaluate_refuses_crafted_datamodule_settings(modules, tmp_path) -> None:
+    from mmgt.evaluate import evaluate_checkpoint
+
+    marker = tmp_path / "marker"
+    dm = {"root": str(tmp_path), "stage": "video", "mask": _marker_target(marker)}
+    path = _save(modules["video"], tmp_path / "video.ckpt", datamodule=dm)
+    cfg = OmegaConf.create({"ckpt_path": str(path), "split": "test", "metrics": {}, "max_batches": 1,
+                            "paths": {"output_dir": str(tmp_path / "out")}, "device": "cpu", "tensorboard": False})
+    assert evaluate_checkpoint(cfg) == 1
+    assert not marker.exists() and not (tmp_path / "out" / "metrics.json").exists()
+
+
+def test_last_is_the_newest_loadable_checkpoint(modules, tmp_path, caplog) -> None:
+    d = tmp_path / "checkpoints"
+    d.mkdir()
+    _save(modules["smga"], d / "last.ckpt", global_step=20)  # stale: a moved run wrote last-v1.ckpt after it
+    _save(modules["smga"], d / "step-0000030.ckpt", global_step=30)
+    _save(modules["smga"], d / "last-v1.ckpt", global_step=40)
+    assert resolve_ckpt_path("last", tmp_path) == str(d / "last-v1.ckpt")
+    (d / "last-v1.ckpt").write_bytes(b"")  # killed during the write on another filesystem: 0 bytes
+    with caplog.at_level("WARNING"):
+        assert resolve_ckpt_path("last", tmp_path) == str(d / "step-0000030.ckpt")
+    assert "last-v1.ckpt" in caplog.text
+    assert checkpoints.resolve(tmp_path) == d / "step-0000030.ckpt"  # a run folder, as generate/evaluate take it
+    assert resolve_ckpt_path("last", tmp_path / "fresh") is None
+
+
+def test_kind_and_version_are_recorded_and_old_files_still_load(modules, tmp_path) -> None:
+    new = checkpoints.read(_save(modules["video"], tmp_path / "new.ckpt"))
+    assert (new.kind, new.version) == ("video", checkpoints.FORMAT_VERSION)
+    # a file by the previous rules: no `mmgt` record, kind known only from the hyper-parameter keys
+    old_path = tmp_path / "old.ckpt"
+    torch.save({"state_dict": modules["smga"].state_dict(), "hyper_parameters": dict(modules["smga"].hparams),
+                "mmgt_video_stage": None}, old_path)
+    old = checkpoints.read(old_path)
+    assert (old.kind, old.version) == ("smga", 0)
+    module = checkpoints.build_module(old, "smga")
+    ema = modules["smga"].ema.module.state_dict()
+    assert module.ema is None and all(torch.equal(v, ema[k]) for k, v in module.net.state_dict().items())
+
+
+def test_non_finite_weights_are_refused(modules, tmp_path) -> None:
+    sd = {k: v.clone() for k, v in modules["smga"].state_dict().items()}
+    first = next(k for k, v in sd.items() if k.startswith("ema.") and v.is_floating_point())
+    sd[first][...] = float("nan")
+    path = tmp_path / "nan.ckpt"
+    torch.save({"state_dict": sd, "hyper_parameters": dict(modules["smga"].hparams)}, path)
+    with pytest.raises(CheckpointError, match="NaN/inf"):
+        checkpoints.build_module(checkpoints.read(path), "smga")
+
+
+def test_atomic_checkpoint_io_keeps_old_file_and_umask(tmp_path, monkeypatch) -> None:
+    io = AtomicCheckpointIO()
+    target = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, target)
+    old = os.umask(0o022)
+    try:
+        io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 2}, target)
+    finally:
+        os.umask(old)
+    assert target.stat().st_mode & 0o777 == 0o644  # mkstemp alone gives 0600
+    real_save = torch.save
+
+    def disk_full(obj, f, *a, **k):  # type: ignore[no-untyped-def]
+        real_save(obj, f, *a, **k)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(OSError, match="No space"):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 3}, target)
+    assert io.load_checkpoint(target)["global_step"] == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left behind
