@@ -1,11 +1,15 @@
 """Audio feature extractors at the video frame rate (25 fps, 640 samples per frame at 16 kHz) and their on-disk cache.
 
-* :class:`Stage1Features` — stage-1 (SMGA) per-frame features: 64 log-mel bins, RMS and an onset strength, each row
-  computed from *its own frame's samples only* (the onset compares with the previous row), so a sound at frame k can
-  never leak into the pose of frame k-1. Optionally a speech encoder (WavLM / wav2vec2, the original used WavLM-Large's
-  last layer) is prepended.
+* :class:`Stage1Features` — stage-1 (SMGA) per-frame features. ``kind="mmgt"``: 64 log-mel bins, RMS and an onset
+  strength, each row computed from *its own frame's samples only* (the onset compares with the previous row), so a
+  sound at frame k can never leak into the pose of frame k-1. ``kind="official"``: the original's 35 EDGE librosa
+  features (:mod:`mmgt.data.edge_features`). Optionally a speech encoder (WavLM / wav2vec2, the original used
+  WavLM-Large's last layer) is prepended; official = ``[WavLM-Large 1024 ‖ EDGE 35]`` = 1059-d.
 * :class:`Wav2VecFeatures` — stage-2 audio embedding: the hidden states of every transformer layer of wav2vec2,
-  resampled from 50 Hz to the video frames (the original's ``(T, 12, 768)`` tensor).
+  resampled from 50 Hz to the video frames (the original's ``(T, 12, 768)`` tensor), optionally of the separated
+  vocals (:mod:`mmgt.data.vocal_separation`).
+* :func:`layer_norm_waveform` / :func:`official_25fps` — the original WavLM input normalisation and 50 Hz -> 25 fps
+  post-processing.
 * :func:`window_features` / :func:`window_indices` — the ±r frame windows stage 2 feeds to its audio projection.
 * :func:`ensure_feature_cache` — computes missing or stale ``.npy`` caches beside each clip.
 
@@ -26,7 +30,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from mmgt.data.edge_features import EDGE_COLUMNS, EDGE_DIM, edge35_features, edge_settings
 from mmgt.data.video_io import HOP, SAMPLE_RATE, atomic_path
+from mmgt.data.vocal_separation import MDXVocalSeparator, file_identity
 
 if TYPE_CHECKING:
     from mmgt.data.corpus import ClipRecord, Corpus
@@ -37,6 +43,9 @@ CNN_FIELD = 400
 CNN_OFFSET = CNN_FIELD / 2
 
 _BACKENDS = ("wavlm", "wav2vec2")
+# Where the speech encoder's transformer runs and how its output reaches 25 fps (see _SpeechEncoder).
+_RESAMPLE_MODES = ("after", "before", "official")
+_KINDS = ("mmgt", "official")
 
 
 def _signature(name: str, settings: dict[str, Any]) -> str:
@@ -97,6 +106,33 @@ def resample_frames(x: torch.Tensor, n_out: int, in_hop: float, in_offset: float
     return x[..., i0] * (1 - frac) + x[..., i1] * frac
 
 
+def layer_norm_waveform(audio: np.ndarray, eps: float = 1e-5) -> np.ndarray:
+    """The original WavLM input: one mean and variance over the whole waveform, no affine (cfg.normalize of
+    WavLM-Large), in float32 as torch computes it."""
+    w = torch.from_numpy(np.ascontiguousarray(audio, dtype=np.float32))
+    return F.layer_norm(w, w.shape, eps=eps).numpy()
+
+
+def official_25fps(h: torch.Tensor) -> torch.Tensor:
+    """The original 50 Hz -> 25 fps step on ``(..., T50, D)``: append a copy of the last frame, then stretch the
+    T50 + 1 frames onto ceil((T50 + 1) / 2) with ``align_corners=True`` linear interpolation."""
+    lead, t50, d = h.shape[:-2], h.shape[-2], h.shape[-1]
+    h = torch.cat([h, h[..., -1:, :]], dim=-2)
+    flat = h.reshape(-1, t50 + 1, d).transpose(1, 2)
+    out = F.interpolate(flat, size=math.ceil((t50 + 1) / 2), mode="linear", align_corners=True)
+    return out.transpose(1, 2).reshape(*lead, -1, d)
+
+
+def _fit_rows(x: torch.Tensor, n: int, dim: int = 0) -> torch.Tensor:
+    """Trim to ``n`` entries along ``dim``, or hold the last one."""
+    if x.shape[dim] >= n:
+        return x.narrow(dim, 0, n)
+    last = x.narrow(dim, x.shape[dim] - 1, 1)
+    reps = [1] * x.ndim
+    reps[dim] = n - x.shape[dim]
+    return torch.cat([x, last.repeat(*reps)], dim=dim)
+
+
 # ---------------------------------------------------------------------------------------------- speech encoders
 
 
@@ -112,15 +148,21 @@ def _tiny_config(kind: str, hidden_size: int, num_layers: int) -> Any:
 
 
 class _SpeechEncoder:
-    """A frozen wav2vec2/WavLM model whose per-layer hidden states come out at the video frame rate."""
+    """A frozen wav2vec2/WavLM model whose per-layer hidden states come out at the video frame rate.
+
+    ``resample``: ``"after"`` (default) runs the transformer at its native 50 Hz, the rate it was trained at, and
+    resamples its outputs to the video frame centres; ``"before"`` (the old default, and the original's stage-2
+    wav2vec trick from Hallo) brings the CNN features to 25 fps and runs the transformer on video frames;
+    ``"official"`` is the original stage-1 WavLM recipe: :func:`layer_norm_waveform`, 50 Hz, :func:`official_25fps`.
+    """
 
     def __init__(self, kind: str, *, pretrained_path: str | None, config_key: str, seed: int, hidden_size: int,
                  num_layers: int, layers: str, legacy_align_corners: bool, device: str | torch.device,
-                 resample: str = "before") -> None:
+                 resample: str = "after") -> None:
         from transformers import Wav2Vec2Model, WavLMModel
 
-        if resample not in ("before", "after"):
-            raise ValueError(f"resample must be 'before' or 'after' (the transformer), got {resample!r}")
+        if resample not in _RESAMPLE_MODES:
+            raise ValueError(f"resample must be one of {_RESAMPLE_MODES}, got {resample!r}")
         self.resample = resample
 
         if kind not in _BACKENDS:
@@ -146,16 +188,38 @@ class _SpeechEncoder:
         self.legacy_align_corners = legacy_align_corners
         self.hidden_size = int(self.model.config.hidden_size)
         self.n_layers = int(self.model.config.num_hidden_layers) if layers == "all" else 1
-        # Cache key: the weights' folder, or the tiny architecture + seed that fully determine the random init.
-        model_id: dict[str, Any] = (dict(pretrained_path=str(Path(pretrained_path).resolve())) if pretrained_path
+        # Cache key: the weights' folder and its files' sizes/mtimes (replaced weights never reuse stale features),
+        # or the tiny architecture + seed that fully determine the random init.
+        model_id: dict[str, Any] = (dict(pretrained_path=str(Path(pretrained_path).resolve()),
+                                         weights=file_identity(pretrained_path)["files"]) if pretrained_path
                                     else dict(seed=seed, hidden_size=hidden_size, num_layers=num_layers))
         self.settings = dict(kind=kind, layers=layers, legacy_align_corners=legacy_align_corners, **model_id)
-        if resample != "after":
+        if resample != "after":  # "after" caches keep the key they had before the modes existed
             self.settings["resample"] = resample
+
+    def _states(self, out: Any) -> tuple[torch.Tensor, ...]:
+        # The last layer is the model's output, ``last_hidden_state``: for pre-norm ("stable layer norm") models such
+        # as WavLM-Large it includes the encoder's final LayerNorm, which transformers >= 5 leaves out of
+        # ``hidden_states[-1]`` (4.x put it in); the original features are taken after that norm.
+        inner = out.hidden_states[1:-1] if self.layers == "all" else ()
+        return (*inner, out.last_hidden_state)
+
+    @torch.inference_mode()
+    def native_states(self, x: np.ndarray) -> torch.Tensor:
+        """(n_layers, T50, hidden_size) float32: the transformer's outputs at 50 Hz for an already normalised
+        waveform (at least one 400-sample receptive field)."""
+        wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+        out = self.model(wav, output_hidden_states=True)
+        return torch.stack(self._states(out), dim=1)[0].float().cpu()
 
     @torch.inference_mode()
     def __call__(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
         """(n_frames, n_layers, hidden_size) float32 on the CPU."""
+        if self.resample == "official":
+            # The whole given waveform (not fitted to n_frames), as the original; rows are fitted afterwards.
+            x = layer_norm_waveform(audio)
+            h = official_25fps(self.native_states(np.pad(x, (0, max(0, CNN_FIELD - len(x))))))
+            return _fit_rows(h, n_frames, dim=1).permute(1, 0, 2).contiguous()  # (n_frames, L, D)
         x = _fit_length(audio, n_frames * HOP).astype(np.float64)
         # Zero-mean unit-variance waveform (what Wav2Vec2FeatureExtractor does): loudness must not change the features.
         x = ((x - x.mean()) / np.sqrt(x.var() + 1e-7)).astype(np.float32)
@@ -163,10 +227,10 @@ class _SpeechEncoder:
         # least one receptive field so a single frame works. The legacy path only ensures one field, as the original.
         extra = 0 if self.legacy_align_corners else HOP // 2
         x = np.pad(x, (0, max(extra, CNN_FIELD - len(x))))
-        wav = torch.from_numpy(x)[None].to(self.device)
         if self.resample == "before":
-            # As the original: the CNN features (1, C, T50) are brought to 25 fps, then the transformer runs on
-            # video frames. A forward hook swaps the CNN output, so the model's own forward does the rest.
+            # As the original stage 2 (Hallo's trick): the CNN features (1, C, T50) are brought to 25 fps, then the
+            # transformer runs on video frames. A forward hook swaps the CNN output; the model's forward does the rest.
+            wav = torch.from_numpy(x)[None].to(self.device)
             def to_video_rate(_mod: Any, _inp: Any, feats: torch.Tensor) -> torch.Tensor:
                 return resample_frames(feats.float(), n_frames, CNN_HOP, CNN_OFFSET, HOP,
                                        self.legacy_align_corners).to(feats.dtype)
@@ -176,11 +240,8 @@ class _SpeechEncoder:
                 out = self.model(wav, output_hidden_states=True)
             finally:
                 handle.remove()
-            states = out.hidden_states[1:] if self.layers == "all" else out.hidden_states[-1:]
-            return torch.stack(states, dim=1)[0].float().transpose(0, 1).contiguous().cpu()  # (n_frames, L, D)
-        out = self.model(wav, output_hidden_states=True)
-        states = out.hidden_states[1:] if self.layers == "all" else out.hidden_states[-1:]
-        h = torch.stack(states, dim=1)[0].float()  # (L, T50, D): outputs of the transformer layers, not the CNN
+            return torch.stack(self._states(out), dim=1)[0].float().transpose(0, 1).contiguous().cpu()
+        h = self.native_states(x)  # (L, T50, D): outputs of the transformer layers, not the CNN
         h = resample_frames(h.transpose(1, 2), n_frames, CNN_HOP, CNN_OFFSET, HOP, self.legacy_align_corners)
         return h.permute(2, 0, 1).contiguous().cpu()  # (n_frames, L, D)
 
@@ -212,12 +273,18 @@ def mel_filterbank(sample_rate: int, n_fft: int, n_mels: int, fmin: float = 0.0,
 
 
 class Stage1Features:
-    """Per-frame stage-1 audio features: ``[backend?] ‖ log-mel(64) ‖ rms(1) ‖ onset(1)`` at 25 fps.
+    """Per-frame stage-1 audio features at 25 fps: ``[backend?] ‖ handcrafted block``.
 
-    Row k uses only samples ``[640k, 640k+640)`` (Hann-tapered for the spectrum), so features and poses of the same
-    index describe the same 40 ms; the onset is the rectified log-mel increase over row k-1 (0 for the first row).
-    ``backend="wavlm"|"wav2vec2"`` prepends a speech encoder's last hidden layer resampled to 25 fps (tiny seeded
-    random-init unless ``pretrained_path`` names a local Hugging Face folder); its context is the whole clip.
+    ``kind="mmgt"`` (default): the block is ``log-mel(64) ‖ rms(1) ‖ onset(1)``; row k uses only samples
+    ``[640k, 640k+640)`` (Hann-tapered for the spectrum), so features and poses of the same index describe the same
+    40 ms; the onset is the rectified log-mel increase over row k-1 (0 for the first row).
+    ``kind="official"``: the original's 35 EDGE librosa columns (centred 2048-sample windows, beat tracking over the
+    clip; :mod:`mmgt.data.edge_features`) and the backend's ``resample`` defaults to ``"official"``; with
+    ``backend="wavlm"`` and WavLM-Large weights this is the released SMGA's 1059-d input, with ``backend=None`` the
+    original's 35-d ``feature_type="baseline"``.
+    ``backend="wavlm"|"wav2vec2"`` prepends a speech encoder's last hidden layer at 25 fps (tiny seeded random-init
+    unless ``pretrained_path`` names a local Hugging Face folder); its context is the whole clip. ``backend_resample``:
+    see :class:`_SpeechEncoder` (``"before"`` = the old default, transformer on 25-fps CNN features).
     """
 
     name = "stage1"
@@ -225,30 +292,40 @@ class Stage1Features:
     def __init__(self, backend: str | None = None, pretrained_path: str | None = None, n_mels: int = 64,
                  fmin: float = 0.0, fmax: float | None = None, log_floor: float = 1e-10, seed: int = 0,
                  backend_hidden_size: int = 32, backend_layers: int = 2, legacy_align_corners: bool = False,
-                 device: str | torch.device = "cpu") -> None:
+                 device: str | torch.device = "cpu", kind: str = "mmgt", backend_resample: str | None = None) -> None:
+        if kind not in _KINDS:
+            raise ValueError(f"stage-1 feature kind must be one of {_KINDS}, got {kind!r}")
+        self.kind = kind
         self.n_mels, self.log_floor = n_mels, log_floor
         self.window = torch.hann_window(HOP, periodic=True, dtype=torch.float64)
         self.mel = torch.from_numpy(mel_filterbank(SAMPLE_RATE, HOP, n_mels, fmin, fmax)).double()
         self.encoder: _SpeechEncoder | None = None
         if backend is not None:
+            resample = backend_resample or ("official" if kind == "official" else "after")
             self.encoder = _SpeechEncoder(backend, pretrained_path=pretrained_path,
                                           config_key="data.stage1_features.pretrained_path", seed=seed,
                                           hidden_size=backend_hidden_size, num_layers=backend_layers, layers="last",
-                                          legacy_align_corners=legacy_align_corners, device=device)
+                                          legacy_align_corners=legacy_align_corners, device=device,
+                                          resample=resample)
         elif pretrained_path is not None:
             raise ValueError("pretrained_path needs a backend ('wavlm' or 'wav2vec2')")
+        blocks = ([("logmel", n_mels), ("rms", 1), ("onset", 1)] if kind == "mmgt"
+                  else [(name, s.stop - s.start) for name, s in EDGE_COLUMNS.items()])
         offset = 0
         self.slices: dict[str, slice] = {}
-        for key, width in [("backend", self.encoder.hidden_size if self.encoder else 0), ("logmel", n_mels),
-                           ("rms", 1), ("onset", 1)]:
+        for key, width in [("backend", self.encoder.hidden_size if self.encoder else 0), *blocks]:
             if width:
                 self.slices[key] = slice(offset, offset + width)
                 offset += width
+        if kind == "official":
+            self.slices["edge35"] = slice(offset - EDGE_DIM, offset)
         self.dim = offset
         self.feature_shape: tuple[int, ...] = (self.dim,)
-        self.signature = _signature(self.name, dict(
-            version=1, sample_rate=SAMPLE_RATE, hop=HOP, n_mels=n_mels, fmin=fmin, fmax=fmax, log_floor=log_floor,
-            window="hann_periodic", backend=self.encoder.settings if self.encoder else None))
+        block: dict[str, Any] = (dict(n_mels=n_mels, fmin=fmin, fmax=fmax, log_floor=log_floor, window="hann_periodic")
+                                 if kind == "mmgt" else dict(kind=kind, edge=edge_settings()))
+        backend_settings = self.encoder.settings if self.encoder else None
+        self.signature = _signature(self.name, dict(version=1, sample_rate=SAMPLE_RATE, hop=HOP, **block,
+                                                    backend=backend_settings))
 
     def _frame_features(self, audio: np.ndarray, n_frames: int) -> torch.Tensor:
         frames = torch.from_numpy(_fit_length(audio, n_frames * HOP)).double().reshape(n_frames, HOP)
@@ -263,7 +340,8 @@ class Stage1Features:
         """(n_frames, dim) float32; ``n_frames`` defaults to ceil(samples / 640), audio is zero-padded or trimmed."""
         audio = _as_waveform(audio)
         n_frames = _default_frames(audio) if n_frames is None else int(n_frames)
-        feats = self._frame_features(audio, n_frames)
+        feats = (self._frame_features(audio, n_frames) if self.kind == "mmgt"
+                 else torch.from_numpy(edge35_features(audio, SAMPLE_RATE, n_frames)))
         if self.encoder is not None:
             feats = torch.cat([self.encoder(audio, n_frames)[:, 0], feats], dim=-1)
         return feats
@@ -276,29 +354,43 @@ class Wav2VecFeatures:
     """Stage-2 audio embedding: every transformer layer's hidden state of wav2vec2, at 25 fps -> (T, L, D).
 
     Tiny seeded random init by default (hidden 32, 2 layers); ``pretrained_path`` loads a local Hugging Face folder
-    (wav2vec2-base-960h in the original: 12 layers x 768). ``resample="before"`` (default, as the original) brings the
-    CNN features to 25 fps (frame-centre aligned; ``legacy_align_corners=True``: the original's align-corners
-    stretch) and runs the transformer on video frames; ``"after"`` runs it at its native 50 Hz and resamples its
-    outputs instead.
+    (wav2vec2-base-960h in the original: 12 layers x 768). ``resample="after"`` (default) runs the transformer at its
+    native 50 Hz and resamples its outputs to the frame centres; ``"before"`` (the original's Hallo trick, and the old
+    default) brings the CNN features to 25 fps (``legacy_align_corners=True``: the original's align-corners stretch)
+    and runs the transformer on video frames. ``vocal_separator`` names a local MDX-Net ONNX file (Kim_Vocal_2 in the
+    original) whose vocals replace the mix before wav2vec; ``separator_options`` are
+    :class:`~mmgt.data.vocal_separation.MDXVocalSeparator` settings.
     """
 
     name = "wav2vec"
 
     def __init__(self, seed: int = 0, layers: str = "all", pretrained_path: str | None = None, hidden_size: int = 32,
                  num_layers: int = 2, legacy_align_corners: bool = False,
-                 device: str | torch.device = "cpu", resample: str = "before") -> None:
+                 device: str | torch.device = "cpu", resample: str = "after", vocal_separator: str | None = None,
+                 separator_options: dict[str, Any] | None = None) -> None:
         self.encoder = _SpeechEncoder("wav2vec2", pretrained_path=pretrained_path,
                                       config_key="data.stage2_features.pretrained_path", seed=seed,
                                       hidden_size=hidden_size, num_layers=num_layers, layers=layers,
                                       legacy_align_corners=legacy_align_corners, device=device, resample=resample)
+        self.separator: MDXVocalSeparator | None = None
+        if vocal_separator is not None:
+            self.separator = MDXVocalSeparator(vocal_separator, config_key="data.stage2_features.vocal_separator",
+                                               **dict(separator_options or {}))
+        elif separator_options:
+            raise ValueError("separator_options need data.stage2_features.vocal_separator (the ONNX file)")
         self.n_layers, self.hidden_size = self.encoder.n_layers, self.encoder.hidden_size
         self.feature_shape: tuple[int, ...] = (self.n_layers, self.hidden_size)
-        self.signature = _signature(self.name, dict(version=1, **self.encoder.settings))
+        settings = dict(version=1, **self.encoder.settings)
+        if self.separator is not None:
+            settings["vocal_separator"] = self.separator.settings
+        self.signature = _signature(self.name, settings)
 
     def __call__(self, audio: np.ndarray | torch.Tensor, n_frames: int | None = None) -> torch.Tensor:
         """(n_frames, n_layers, hidden_size) float32; ``n_frames`` defaults to ceil(samples / 640)."""
         audio = _as_waveform(audio)
         n_frames = _default_frames(audio) if n_frames is None else int(n_frames)
+        if self.separator is not None:
+            audio = self.separator(audio, SAMPLE_RATE)
         return self.encoder(audio, n_frames)
 
 
