@@ -107,7 +107,7 @@ class GestureDecoderConfig:
 # ----------------------------------------------------------------------------------------------- building blocks
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class Rope:
     """cos/sin tables ``(n, dim)`` of positions 0..n-1 and where/how they rotate (see :class:`Attention`).
 
