@@ -15,11 +15,13 @@ from mmgt.pose.masks import (
     RegionMaskBuilder,
     gaussian_kernel_size,
     mask_pyramid,
+    official_mask_pyramid,
+    official_soft_masks,
     pyramid_sizes,
     rasterize_boxes,
     region_boxes,
 )
-from mmgt.pose.render import render_pose
+from mmgt.pose.render import HAND_EDGE_COLORS, LEGACY_HAND_EDGE_COLORS, render_pose
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -165,6 +167,63 @@ def test_render_thickness_scales_with_canvas() -> None:
     large = render_pose(make_keypoints(1, size=256), 256, 256).any(-1).mean()
     # the same figure covers a similar fraction of the canvas at both sizes (thickness scales with size)
     assert 0.5 < large / small < 2.0
+
+
+def _points(*points: tuple[int, float, float, float]) -> np.ndarray:
+    """(134, 3) float32 keypoints, all invisible except the given (index, x, y, score)."""
+    kp = np.zeros((layout.NUM_KEYPOINTS, 3), np.float32)
+    for i, x, y, score in points:
+        kp[i] = (x, y, score)
+    return kp
+
+
+def test_legacy_hand_colours_are_the_reversed_truncated_hsv_list() -> None:
+    import colorsys
+
+    n = len(layout.HAND_EDGES)
+    hsv = np.array([colorsys.hsv_to_rgb(i / n, 1.0, 1.0) for i in range(n)]) * 255
+    np.testing.assert_array_equal(LEGACY_HAND_EDGE_COLORS, np.floor(hsv)[:, ::-1])
+    assert np.abs(LEGACY_HAND_EDGE_COLORS.astype(int) - HAND_EDGE_COLORS[:, ::-1].astype(int)).max() <= 1
+    # one bone (wrist -> thumb 1, colour 0): red in mmgt's colours, blue in the original's, in both styles
+    kp = _points((LEFT_HAND[0], 10, 32, 0.9), (LEFT_HAND[1], 50, 32, 0.9))
+    red, blue = [255, 0, 0], [0, 0, 255]
+    assert render_pose(kp, 64, 64)[32, 30].tolist() == red
+    assert render_pose(kp, 64, 64, legacy_hand_colors=True)[32, 30].tolist() == blue
+    assert render_pose(kp, 64, 64, style="official")[32, 30].tolist() == blue
+    assert render_pose(kp, 64, 64, style="official", legacy_hand_colors=False)[32, 30].tolist() == red
+
+
+def test_official_style_rules() -> None:
+    at_threshold = np.float32(0.3)
+    # body needs score > threshold, hands/face >= threshold
+    kp = _points((0, 20, 20, at_threshold), (LEFT_HAND[5], 44, 44, at_threshold))
+    official = render_pose(kp, 64, 64, style="official")
+    assert not official[20, 20].any() and official[44, 44].tolist() == [0, 0, 255]
+    assert render_pose(kp, 64, 64)[20, 20].any()  # mmgt: one rule (>=) for every point
+    # coordinates are truncated: a face dot at (20.9, 20.9) is centred on pixel 20, radius 3 at any canvas size
+    face = render_pose(_points((30, 20.9, 20.9, 0.9)), 64, 64, style="official")[..., 0]
+    np.testing.assert_array_equal(np.nonzero(face[20])[0], np.arange(17, 24))
+    np.testing.assert_array_equal(face, face.T)
+    nose = _points((0, 32, 32, 0.9))
+    assert render_pose(nose, 64, 64, style="official").any(-1).sum() == \
+        render_pose(nose, 512, 512, style="official").any(-1).sum() > 40  # fixed radius 4, not scaled
+    # a hand point whose integer x is 0 is unused: no dot and no bone from it (mmgt draws the bone)
+    kp = _points((LEFT_HAND[0], 0.5, 30, 0.9), (LEFT_HAND[1], 40, 30, 0.9))
+    official = render_pose(kp, 64, 64, style="official")
+    assert not official[30, 20].any() and official[30, 40].any()
+    assert render_pose(kp, 64, 64)[30, 20].any()
+    # parts: the dimmed limb colour without joints; nothing at all without parts
+    kp = _points((1, 32, 40, 0.9), (0, 32, 10, 0.9))  # neck -> nose, limb 12, colour (0, 0, 255)
+    body = render_pose(kp, 64, 64, style="official", parts=("body",))
+    assert body[25, 32].tolist() == [int(c * 0.9) for c in layout.BODY_COLORS[12]]
+    assert body[10, 32].tolist() == list(layout.BODY_COLORS[0])  # the joint over the limb, not dimmed
+    assert not render_pose(kp, 64, 64, style="official", parts=("hands", "face")).any()
+    np.testing.assert_array_equal(render_pose(torch.from_numpy(kp), 64, 64, style="official"),
+                                  render_pose(kp, 64, 64, style="official"))
+    with pytest.raises(ValueError, match="style"):
+        render_pose(kp, 64, 64, style="opencv")
+    with pytest.raises(ValueError, match="parts"):
+        render_pose(kp, 64, 64, parts=("legs",))
 
 
 # ---------------------------------------------------------------------------------------------- masks
@@ -315,3 +374,91 @@ def test_config_validation_and_hydra_files() -> None:
             assert from_dict == instantiate(cfg)
             assert from_dict.mode == mode and from_dict.branches == {"full": "hands", "face": "face", "lips": "lips"}
             assert from_dict.face_includes_hands and from_dict.padding == 0.0
+
+
+# ---------------------------------------------------------------------------------------------- official masks
+
+OFFICIAL = dict(mode="official", legacy_uint8_wrap=True, branches={"full": "one_plus_lips", "face": "face",
+                                                                    "lips": "lips"})
+
+
+def test_official_boxes_truncate_and_exclude_the_max() -> None:
+    lips = [(LIPS[0], 10.7, 30.5, 0.9), (LIPS[1], 20.2, 35.9, 0.9), (LIPS[2], 15.0, 33.0, 0.9),
+            (LIPS[3], 0.6, 32.0, 0.9),  # integer x 0: not used
+            (LIPS[4], 40.0, 50.0, 0.29)]  # below the threshold: not used
+    kp = torch.from_numpy(_points(*lips))[None]
+    builder = RegionMaskBuilder(MaskConfig(**OFFICIAL))
+    m = builder.region_masks(kp, (64, 64), (64, 64), ["lips"])["lips"][0]
+    expected = torch.zeros(64, 64)
+    expected[30:35, 10:20] = 1.0  # [int min, int max) on both axes
+    torch.testing.assert_close(m, expected, rtol=0, atol=0)
+
+
+def test_official_face_plus_hands_wraps_to_254() -> None:
+    face = [(i, x, y, 0.9) for i, (x, y) in zip(layout.FACE[:2], [(10, 10), (30, 30)], strict=True)]
+    hand = [(i, x, y, 0.9) for i, (x, y) in zip(LEFT_HAND[:2], [(20, 20), (40, 40)], strict=True)]
+    kp = torch.from_numpy(_points(*face, *hand))[None]
+    wrap = RegionMaskBuilder(MaskConfig(**OFFICIAL)).region_masks(kp, (64, 64), (64, 64), ["face"])["face"][0]
+    values = torch.round(wrap * 255).to(torch.uint8)
+    assert values.unique().tolist() == [0, 254, 255]
+    assert values[25, 25] == 254 and values[15, 15] == 255 and values[35, 35] == 255
+    plain = {**OFFICIAL, "legacy_uint8_wrap": False}
+    sat = RegionMaskBuilder(MaskConfig(**plain)).region_masks(kp, (64, 64), (64, 64), ["face"])["face"][0]
+    assert sat.unique().tolist() == [0.0, 1.0] and sat[25, 25] == 1
+
+
+def test_official_pipeline_levels_and_one_plus_lips() -> None:
+    kp = make_keypoints(3, size=128)
+    out = RegionMaskBuilder(MaskConfig(**OFFICIAL))(kp, (128, 128), (12, 20), n_levels=4)
+    assert [tuple(p.shape) for p in out["pyramid"]] == [(3, 3, 12, 20), (3, 3, 6, 10), (3, 3, 3, 5), (3, 3, 1, 2)]
+    assert torch.equal(out["masks"], out["pyramid"][0])
+    for p in out["pyramid"]:
+        torch.testing.assert_close(p[0], 1.0 + p[2], rtol=0, atol=0)  # full = 1 + lips at every level
+    at_blur_side = RegionMaskBuilder(MaskConfig(**OFFICIAL))(kp, (128, 128), (64, 64))["masks"]
+    assert at_blur_side[1:].amax((-1, -2)).eq(1).all()  # level 0 at blur_side is the MIN-MAX mask: peak 1
+    # same routing in mmgt's own mode: 1 + the (blurred, normalised) lips mask
+    boxes = RegionMaskBuilder(MaskConfig(branches={"full": "one_plus_lips", "lips": "lips"}))(kp, (128, 128), (16, 16))
+    torch.testing.assert_close(boxes["masks"][0], 1.0 + boxes["masks"][1], rtol=0, atol=0)
+
+
+def test_official_blur_and_pyramid_helpers() -> None:
+    from PIL import Image
+    from torchvision import transforms
+
+    boxes = np.zeros((2, 96, 96), np.uint8)
+    boxes[0, 30:60, 20:50] = 255
+    soft = official_soft_masks(boxes, 21, 64)
+    assert soft.shape == (2, 64, 64) and soft.dtype == np.uint8
+    assert soft[0].min() == 0 and soft[0].max() == 255 and not soft[1].any()  # empty stays empty
+    sharp = official_soft_masks(boxes, 1, 64)
+    assert (soft[0] > 0).sum() > (sharp[0] > 0).sum()  # the blur spreads the box
+    # the levels are torchvision's Resize((s, s)) (bilinear on PIL) + ToTensor, as the original's dataset
+    levels = official_mask_pyramid(soft, [(64, 64), (32, 32), (8, 8)])
+    for s, lvl in zip((64, 32, 8), levels, strict=True):
+        tf = transforms.Compose([transforms.Resize((s, s)), transforms.ToTensor()])
+        ref = torch.stack([tf(Image.fromarray(m))[0] for m in soft])
+        torch.testing.assert_close(lvl, ref, rtol=0, atol=0)
+
+
+def test_official_config_validation_and_presets() -> None:
+    with pytest.raises(ValueError, match="official"):
+        MaskConfig(mode="official", branches={"full": "background"})
+    with pytest.raises(ValueError, match="padding"):
+        MaskConfig(mode="official", padding=0.1)
+    with pytest.raises(ValueError, match="legacy_uint8_wrap"):
+        MaskConfig(mode="boxes", legacy_uint8_wrap=True)
+    with pytest.raises(ValueError, match="blur_side"):
+        MaskConfig(blur_side=0)
+    assert not MaskConfig().legacy_uint8_wrap and MaskConfig().mode == "boxes"  # defaults stay mmgt's
+
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        infer = MaskConfig.from_dict(compose(overrides=["+mask=official"]).mask)
+        train = MaskConfig.from_dict(compose(overrides=["+mask=official_train"]).mask)
+    for cfg in (infer, train):
+        assert cfg.mode == "official" and cfg.legacy_uint8_wrap and cfg.face_includes_hands and cfg.blur_side == 64
+        assert gaussian_kernel_size(cfg.blur["face"], cfg.blur_side) == 31
+        assert gaussian_kernel_size(cfg.blur["lips"], 64) == gaussian_kernel_size(cfg.blur["hands"], 64) == 21
+    assert infer.branches == {"full": "one_plus_lips", "face": "face", "lips": "lips"}
+    assert train.branches == {"full": "hands", "face": "face", "lips": "lips"}
