@@ -1,6 +1,6 @@
 """Stage-1 loss: position + velocity + acceleration on x̂0, plus the motion-specific facial loss Lf.
 
-Reference notes §2.4: ``L = |x̂0-x0|² + |Δx̂0-Δx0|² + |Δ²x̂0-Δ²x0|² + 3·(same three on the face keypoints)``.
+The original: ``L = |x̂0-x0|² + |Δx̂0-Δx0|² + |Δ²x̂0-Δ²x0|² + 3·(same three on the face keypoints)``.
 Differences from the original, on purpose:
 
 * coordinate terms are means over *visible* keypoints only (``vis`` from the DataModule: detector score and

@@ -1,4 +1,4 @@
-"""Gesture diffusion (reference notes §2.4, §2.6): cosine schedule, x0-prediction, DDIM with η, CFG, windows.
+"""Gesture diffusion: cosine schedule, x0-prediction, DDIM with η, CFG, windows.
 
 The math is small enough to write out (and is tested against diffusers' ``DDIMScheduler`` with
 ``beta_schedule="squaredcos_cap_v2", prediction_type="sample", timestep_spacing="trailing"``): we keep it here

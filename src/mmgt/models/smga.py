@@ -1,6 +1,6 @@
 """SMGA gesture decoder: audio features + initial pose + noisy pose sequence -> clean pose sequence (x0).
 
-A re-implementation of MMGT's ``GestureDecoder`` (reference notes §2.3) as a plain ``nn.Module``:
+A re-implementation of MMGT's ``GestureDecoder`` as a plain ``nn.Module``:
 
 * **spatial split**: the pose (N, 134, 3) is split by a face mask (keypoints 24-91) into a face and a body
   stream; the initial pose is split the same way and concatenated to every frame; one shared input
@@ -25,10 +25,10 @@ defaults are this project's choices): ``rotary_style="input"``, ``rotate_time_to
 
 Fixes relative to the original, each explained where it lives:
 
-* stack bug (§9.8): the original fed the merged output to the *face* stream only and the layer-0 body projection
+* stack bug: the original fed the merged output to the *face* stream only and the layer-0 body projection
   to the body stream of every later layer. Here both streams of layer k+1 start from layer k's merged output;
   ``legacy_stack=True`` reproduces the original wiring. Unused per-layer modules are not created.
-* one-frame shift (§9.5) is a data matter: the DataModule gives ``cond_pose`` = frame start-1 and ``poses`` =
+* one-frame shift is a data matter: the DataModule gives ``cond_pose`` = frame start-1 and ``poses`` =
   frames start..start+N-1, aligned with the audio rows.
 
 ``split_streams=False`` is the ablation without the face/body split: one stream over the whole pose.
