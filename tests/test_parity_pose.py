@@ -10,6 +10,7 @@ vectors the original renderer starts from; everything after that is mmgt code (`
 from __future__ import annotations
 
 import json
+import math
 import os
 import re
 from pathlib import Path
@@ -172,7 +173,11 @@ def test_mask_levels_match_official_routing(keypoints: np.ndarray, preset: str, 
     levels = load_file(str(MASKS / "mask_levels.safetensors"))
     n_levels = len([k for k in levels if re.fullmatch(rf"{prefix}\.face\.level\d+", k)])
     assert n_levels > 0
-    latent_hw = tuple(levels["train.face.level0.bf1hw"].shape[-2:])  # (1, F, 1, h, w)
+    if "train.face.level0.bf1hw" in levels:  # (1, F, 1, h, w): the level-0 size as stored
+        latent_hw = tuple(levels["train.face.level0.bf1hw"].shape[-2:])
+    else:  # square levels, Resize((s, s))
+        s0 = math.isqrt(levels[f"{prefix}.face.level0"].shape[-1])
+        latent_hw = (s0, s0)
     box_hw = _frames("lips_box", MASKS)[0].shape[:2]
     side = np.load(MASKS / "lips_blur64_L.npy").shape[-1]
     builder = RegionMaskBuilder(_mask_config(preset, blur_side=side))
