@@ -60,7 +60,7 @@ class VideoNet(nn.Module):
 
     Args:
         cfg: the ``size.video`` block (``codec``, ``image_encoder``, ``unet``, ``pose_guider``, ``audio_proj``,
-            ``audio_attention``).
+            ``audio_attention``, optional ``reference_bank_dtype``).
         audio_shape: (window, layers, dim) of one frame of ``audio_emb``; None only with ``attention_type="none"``.
         attention_type: ``none`` | ``cross`` | ``haa`` | ``mm_haa``.
         attention_blocks: which UNet blocks carry audio attention (see :func:`audio_blocks`).
@@ -78,6 +78,13 @@ class VideoNet(nn.Module):
         if attention_type not in ATTENTION_TYPES:
             raise ValueError(f"attention.type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
         self.ctx = ForwardContext()
+        # MMGT copies the reference bank as float16 before the reader concatenates it (promoting back); keeping it
+        # in the compute dtype (null) changes the prediction by ~3e-6 relative
+        bank_dtype = cfg.get("reference_bank_dtype")
+        if bank_dtype not in (None, "float16", "bfloat16", "float32"):
+            raise ValueError(f"{key}.reference_bank_dtype must be null, float16, bfloat16 or float32, "
+                             f"got {bank_dtype!r}")
+        self.bank_dtype = None if bank_dtype is None else getattr(torch, bank_dtype)
         self.codec = build_codec(cfg["codec"], f"{key}.codec", load_weights)
         c_lat = self.codec.latent_channels
         ucfg = dict(cfg["unet"])
@@ -180,6 +187,8 @@ class VideoNet(nn.Module):
             ctx.bank, ctx.writing = saved, False
         if set(bank) != set(self.reference_layers):
             raise RuntimeError(f"reference UNet wrote {len(bank)} of {len(self.reference_layers)} layers")
+        if self.bank_dtype is not None:
+            bank = {k: v.to(self.bank_dtype) for k, v in bank.items()}
         return bank
 
     # ----------------------------------------------------------------------------------------------- forward

@@ -91,6 +91,9 @@ class VideoSampler:
         b, f = pose_images.shape[:2]
         ref_lat = net.encode_frames(ref_frame)
         emb = net.embed_reference(ref_frame)
+        cfg = self.guidance != 1.0
+        if cfg:  # the reference UNet runs once on the CFG batch, as MMGT's pipeline (the uncond half never reads it)
+            ref_lat, emb = torch.cat([ref_lat, ref_lat]), torch.cat([emb, emb])
         bank = net.encode_reference(ref_lat, emb)
         c, h, w = ref_lat.shape[1:]
         if latents is None:
@@ -99,9 +102,7 @@ class VideoSampler:
             raise ValueError(f"initial latents {tuple(latents.shape)} != {(b, c, f, h, w)}")
         latents = latents.to(ref_lat.device, ref_lat.dtype) * self.scheduler.init_noise_sigma
         self.scheduler.set_timesteps(self.steps, device=ref_lat.device)
-        cfg = self.guidance != 1.0
         if cfg:
-            emb, bank = torch.cat([emb, emb]), {k: torch.cat([v, v]) for k, v in bank.items()}
             drop = torch.cat([torch.ones(b, dtype=torch.bool), torch.zeros(b, dtype=torch.bool)]).to(latents.device)
         else:
             drop = None
