@@ -115,8 +115,9 @@ def render_pose(
     use_legacy = style == "official" if legacy_hand_colors is None else bool(legacy_hand_colors)
     hand_colors = LEGACY_HAND_EDGE_COLORS if use_legacy else HAND_EDGE_COLORS
     if style == "official":
-        out = np.stack([_render_official(f, height, width, scale, drop_legs, threshold, hand_colors, parts)
-                        for f in kp])
+        out = np.zeros((kp.shape[0], height, width, 3), np.uint8)
+        for t, frame in enumerate(kp):
+            out[t] = _render_official(frame, height, width, scale, drop_legs, threshold, hand_colors, parts)
         return out[0] if single else out
     n_frames = kp.shape[0]
     xy = kp[..., :2] * float(scale)
