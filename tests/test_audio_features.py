@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -12,14 +13,18 @@ import torch
 from mmgt.data.audio_features import (
     Stage1Features,
     Wav2VecFeatures,
+    _SpeechEncoder,
     cache_is_fresh,
     ensure_feature_cache,
     feature_cache_path,
+    layer_norm_waveform,
+    official_25fps,
     resample_frames,
     window_features,
     window_indices,
 )
 from mmgt.data.corpus import Corpus, write_clip, write_manifest
+from mmgt.data.edge_features import EDGE_COLUMNS, edge35_features
 
 HOP = 640
 
@@ -203,20 +208,162 @@ def test_pretrained_folder_loads_offline(tmp_path: Path) -> None:
     assert torch.equal(loaded(x, 6), tiny(x, 6)) and loaded.signature != tiny.signature
 
 
-def test_wav2vec_resamples_before_the_transformer_by_default() -> None:
-    """As the original: the transformer runs on 25 fps frames (its input length is n_frames), unless "after"."""
-    x = np.random.default_rng(5).standard_normal(HOP * 12).astype(np.float32)
+def _transformer_lengths(encoder: object, run: object) -> list[int]:
+    """Sequence lengths the first transformer layer sees during ``run()``."""
     seen: list[int] = []
-    before = Wav2VecFeatures(seed=1)
-    layer = before.encoder.model.encoder.layers[0]
+    layer = encoder.model.encoder.layers[0]  # type: ignore[attr-defined]
     handle = layer.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[1]))
-    emb = before(x, 12)
-    handle.remove()
-    assert seen == [12] and emb.shape == (12, 2, 32)
-    after = Wav2VecFeatures(seed=1, resample="after")
-    layer = after.encoder.model.encoder.layers[0]
-    handle = layer.register_forward_hook(lambda _m, inp, _o: seen.append(inp[0].shape[1]))
-    other = after(x, 12)
-    handle.remove()
-    assert seen[1] > 20 and other.shape == emb.shape and not torch.allclose(other, emb)
-    assert before.signature != after.signature
+    try:
+        run()  # type: ignore[operator]
+    finally:
+        handle.remove()
+    return seen
+
+
+def test_wav2vec_transformer_runs_at_50hz_by_default() -> None:
+    """Default: the transformer sees ~2 frames per video frame (its native 50 Hz); resample="before" (the old
+    default, the original's Hallo trick) runs it on the n_frames video frames."""
+    x = np.random.default_rng(5).standard_normal(HOP * 12).astype(np.float32)
+    default = Wav2VecFeatures(seed=1)
+    emb: list[torch.Tensor] = []
+    assert _transformer_lengths(default.encoder, lambda: emb.append(default(x, 12))) == [24]
+    before = Wav2VecFeatures(seed=1, resample="before")
+    other: list[torch.Tensor] = []
+    assert _transformer_lengths(before.encoder, lambda: other.append(before(x, 12))) == [12]
+    assert other[0].shape == emb[0].shape == (12, 2, 32) and not torch.allclose(other[0], emb[0])
+    assert before.signature != default.signature
+    assert Wav2VecFeatures(seed=1, resample="after").signature == default.signature
+    with pytest.raises(ValueError, match="resample"):
+        Wav2VecFeatures(resample="sideways")
+
+
+def test_stage1_backend_runs_at_50hz_unless_before() -> None:
+    x = np.random.default_rng(6).standard_normal(HOP * 10).astype(np.float32)
+    default = Stage1Features(backend="wavlm")
+    assert default.encoder is not None
+    assert _transformer_lengths(default.encoder, lambda: default(x, 10)) == [20]
+    old = Stage1Features(backend="wavlm", backend_resample="before")
+    assert old.encoder is not None
+    assert _transformer_lengths(old.encoder, lambda: old(x, 10)) == [10]
+    assert old.signature != default.signature
+
+
+# ---------------------------------------------------------------------------------------------- official recipe
+
+
+def test_official_25fps_appends_last_frame_and_aligns_corners() -> None:
+    for t50 in (1, 2, 7, 159):
+        h = torch.arange(t50, dtype=torch.float32)[:, None].expand(t50, 3) * torch.tensor([1.0, -2.0, 0.5])
+        out = official_25fps(h[None])[0]
+        n = math.ceil((t50 + 1) / 2)
+        assert out.shape == (n, 3)
+        # rows sample the appended sequence 0..t50-1, t50-1 at n evenly spaced positions from first to last
+        seq = np.append(np.arange(t50), t50 - 1).astype(np.float64)
+        pos = np.linspace(0, t50, n) if n > 1 else np.zeros(1)
+        want = np.interp(pos, np.arange(t50 + 1), seq)
+        assert np.allclose(out[:, 0].numpy(), want, atol=1e-5) and torch.allclose(out[:, 1], -2 * out[:, 0])
+
+
+def test_layer_norm_waveform_is_loudness_free() -> None:
+    x = np.random.default_rng(0).standard_normal(5000).astype(np.float32) + 0.3  # var 1: eps 1e-5 negligible
+    y = layer_norm_waveform(x)
+    assert y.dtype == np.float32 and abs(y.mean()) < 1e-5 and abs(y.std() - 1) < 1e-3
+    assert np.allclose(layer_norm_waveform(x * 9), y, atol=1e-4)
+
+
+def test_stage1_official_layout_and_signature() -> None:
+    x = np.random.default_rng(3).standard_normal(HOP * 30).astype(np.float32) * 0.1
+    baseline = Stage1Features(kind="official")
+    f = baseline(x, 30)
+    assert baseline.dim == 35 and f.shape == (30, 35) and f.dtype == torch.float32
+    assert baseline.slices["edge35"] == slice(0, 35) and baseline.slices["mfcc"] == slice(1, 21)
+    assert torch.equal(f, torch.from_numpy(edge35_features(x, 16000, 30)))
+    full = Stage1Features(kind="official", backend="wavlm")
+    g = full(x, 30)
+    assert full.dim == 32 + 35 and full.slices["backend"] == slice(0, 32) and full.slices["edge35"] == slice(32, 67)
+    assert torch.equal(g[:, 32:], f)
+    assert full.encoder is not None and full.encoder.resample == "official"
+    assert len({Stage1Features().signature, baseline.signature, full.signature,
+                Stage1Features(kind="official", backend="wavlm", backend_resample="after").signature}) == 4
+    with pytest.raises(ValueError, match="kind"):
+        Stage1Features(kind="edge")
+
+
+def test_official_wavlm_uses_the_whole_waveform_then_fits_rows() -> None:
+    """Rows past the audio's end hold the last row; fewer rows are the first rows of the same computation."""
+    x = np.random.default_rng(4).standard_normal(HOP * 12).astype(np.float32)
+    enc = Stage1Features(kind="official", backend="wavlm").encoder
+    assert enc is not None
+    full = enc(x, 12)
+    assert torch.equal(enc(x, 8), full[:8])
+    longer = enc(x, 15)
+    assert torch.equal(longer[:12], full) and torch.equal(longer[12:], full[-1:].expand(3, -1, -1))
+    assert enc(x[:100], 1).shape == (1, 1, 32)  # shorter than one receptive field: padded
+
+
+def test_last_layer_includes_the_final_layer_norm(tmp_path: Path) -> None:
+    """WavLM-Large is a pre-norm ("stable layer norm") model: its last layer is taken after the encoder's final
+    LayerNorm (``last_hidden_state``), whatever transformers puts in ``hidden_states[-1]``."""
+    from transformers import WavLMConfig, WavLMModel
+
+    torch.manual_seed(0)
+    cfg = WavLMConfig(hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32,
+                      conv_dim=(16,) * 7, num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=4,
+                      do_stable_layer_norm=True, feat_extract_norm="layer", apply_spec_augment=False)
+    WavLMModel(cfg).save_pretrained(tmp_path / "wavlm")
+    feats = Stage1Features(backend="wavlm", pretrained_path=str(tmp_path / "wavlm"), kind="official")
+    assert feats.encoder is not None
+    x = layer_norm_waveform(np.random.default_rng(0).standard_normal(HOP * 5).astype(np.float32))
+    with torch.inference_mode():
+        out = feats.encoder.model(torch.from_numpy(x)[None], output_hidden_states=True)
+    states = feats.encoder.native_states(x)
+    assert torch.allclose(states[-1], out.last_hidden_state[0], atol=1e-6)
+    all_layers = _SpeechEncoder("wavlm", pretrained_path=str(tmp_path / "wavlm"), config_key="k", seed=0, hidden_size=0,
+                                num_layers=0, layers="all", legacy_align_corners=False, device="cpu").native_states(x)
+    assert all_layers.shape[0] == 2 and torch.allclose(all_layers[-1], states[-1], atol=1e-6)
+
+
+def test_replaced_weights_change_the_signature(tmp_path: Path) -> None:
+    Wav2VecFeatures(seed=7).encoder.model.save_pretrained(tmp_path / "w2v")
+    first = Wav2VecFeatures(pretrained_path=str(tmp_path / "w2v")).signature
+    assert Wav2VecFeatures(pretrained_path=str(tmp_path / "w2v")).signature == first
+    Wav2VecFeatures(seed=8).encoder.model.save_pretrained(tmp_path / "w2v")  # same path, other weights
+    weights = next((tmp_path / "w2v").glob("*.safetensors"))
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert Wav2VecFeatures(pretrained_path=str(tmp_path / "w2v")).signature != first
+
+
+# ---------------------------------------------------------------------------------------------- EDGE 35
+
+
+def _click_train(seconds: float, bpm: float, sr: int = 16000) -> np.ndarray:
+    x = np.zeros(int(seconds * sr), np.float32)
+    period = int(sr * 60 / bpm)
+    for start in range(sr // 10, len(x) - 400, period):
+        x[start:start + 400] += np.hanning(400).astype(np.float32) * np.sin(np.arange(400) * 0.7).astype(np.float32)
+    return x
+
+
+def test_edge35_click_train_peaks_and_beats() -> None:
+    """Clicks at 120 bpm (every 12.5 frames): onset peaks sit on the clicks and beats come ~12.5 frames apart."""
+    x = _click_train(6.0, 120.0)
+    f = edge35_features(x, 16000, 150)
+    assert f.shape == (150, 35) and f.dtype == np.float32
+    for name in ("onset_peak", "beat"):
+        assert set(np.unique(f[:, EDGE_COLUMNS[name]])) <= {0.0, 1.0}
+    clicks = (np.arange(1600, len(x) - 400, 8000) + 200) / 640  # click centres in frames
+    peaks = np.flatnonzero(f[:, EDGE_COLUMNS["onset_peak"]][:, 0])
+    # the centred 2048-sample (160 ms) analysis window smears each click over ~2 frames
+    assert all(np.abs(peaks - c).min() <= 2 for c in clicks) and all(np.abs(clicks - p).min() <= 2.5 for p in peaks)
+    beats = np.flatnonzero(f[:, EDGE_COLUMNS["beat"]][:, 0])
+    assert len(beats) >= 8 and abs(float(np.median(np.diff(beats))) - 12.5) <= 1.0
+
+
+def test_edge35_frames_are_cut_or_padded() -> None:
+    x = _click_train(2.0, 100.0)
+    rows = edge35_features(x, 16000)
+    assert rows.shape == (1 + (len(x) * 4 // 5) // 512, 35)  # 12.8 kHz, centred frames, hop 512
+    assert np.array_equal(edge35_features(x, 16000, 20), rows[:20])
+    assert edge35_features(x, 16000, 70).shape == (70, 35)  # 2 s is 50 frames: zero-padded audio
+    with pytest.raises(ValueError, match="mono"):
+        edge35_features(np.zeros((2, 100), np.float32), 16000)
