@@ -214,3 +214,42 @@ def test_atomic_checkpoint_io_keeps_old_file_and_umask(tmp_path, monkeypatch) ->
         io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 3}, target)
     assert io.load_checkpoint(target)["global_step"] == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]  # no temp file left behind
+
+
+def test_non_finite_guard_skips_steps_and_stops(tmp_path, caplog) -> None:
+    """lr=1e10 makes the weights overflow: the guard skips those steps, names the batch's clips, stops after N in
+    a row, and no checkpoint with NaN is written (the last good one stays)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel, RandomDataset
+    from torch.utils.data import DataLoader
+
+    from mmgt.callbacks.guard import NonFiniteGuard
+
+    class Clips(RandomDataset):
+        def __getitem__(self, i):  # type: ignore[no-untyped-def]
+            return {"x": self.data[i], "clip_id": f"clip{i}"}
+
+    class Model(BoringModel):
+        def __init__(self, poison_from: int) -> None:
+            super().__init__()
+            self.poison_from = poison_from
+
+        def training_step(self, batch, batch_idx):  # type: ignore[no-untyped-def]
+            loss = self.layer(batch["x"]).sum()
+            return loss * float("nan") if self.global_step >= self.poison_from else loss
+
+        def train_dataloader(self):  # type: ignore[no-untyped-def]
+            return DataLoader(Clips(32, 64), batch_size=2)
+
+    guard = NonFiniteGuard(max_consecutive=3)
+    ckpt = ModelCheckpoint(dirpath=tmp_path, filename="step-{step}", every_n_train_steps=1, save_top_k=-1)
+    model = Model(poison_from=2)
+    trainer = L.Trainer(max_steps=20, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        callbacks=[guard, ckpt], plugins=[AtomicCheckpointIO()])
+    with caplog.at_level("WARNING"), pytest.raises(RuntimeError, match="3 optimiser steps in a row"):
+        trainer.fit(model)
+    assert guard.skipped == 3
+    assert "clip4, clip5" in caplog.text  # the first poisoned batch (step 2) is named
+    assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
+    for f in tmp_path.glob("*.ckpt"):
+        assert not checkpoints.non_finite(AtomicCheckpointIO().load_checkpoint(f)["state_dict"])

@@ -163,6 +163,23 @@ def test_corrupt_clip_is_replaced_not_fatal(corpus_root: Path, tmp_path: Path, c
     assert str(bad_file) in caplog.text and caplog.text.count("failed to load") == 1
 
 
+@pytest.mark.parametrize("stage", ["smga", "video"])
+def test_non_finite_keypoints_skip_the_clip_by_name(corpus_root: Path, tmp_path: Path, caplog, stage) -> None:
+    """One clip with NaN keypoints would make every loss NaN from step 1: both stages skip it, naming it."""
+    root = tmp_path / "c"
+    shutil.copytree(corpus_root, root)
+    bad = Corpus(root)["a0"]
+    kp = np.load(root / bad.keypoints)
+    kp[:, 5, 0] = np.nan  # in every window
+    np.save(root / bad.keypoints, kp)
+    dm = _dm(root, batch_size=2) if stage == "smga" else _dm(root, "video", n_frames=2, stride=8)
+    dm.setup("fit")
+    with caplog.at_level(logging.WARNING):
+        ids = {cid for batch in dm.train_dataloader() for cid in batch["clip_id"]}
+    assert "a0" not in ids and ids
+    assert "clip a0" in caplog.text and "NaN" in caplog.text
+
+
 def test_missing_corpus_is_a_clear_error(tmp_path: Path) -> None:
     with pytest.raises(CorpusError, match="manifest"):
         PATSDataModule(tmp_path / "nothing", progress=False).prepare_data()

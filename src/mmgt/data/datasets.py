@@ -99,6 +99,17 @@ def _load_cache(path: Path, rows: np.ndarray | slice, n_frames: int) -> np.ndarr
     return _read(path, load)
 
 
+def _check_finite(item: dict[str, Any], clip_id: str) -> dict[str, Any]:
+    """Refuse a window whose keypoints, features or frames hold NaN/inf (one such clip would turn every loss NaN
+    from the first step): the clip is then skipped like an unreadable one, with its name in the warning."""
+    for key, v in item.items():
+        vals = v if isinstance(v, list | tuple) else [v]
+        for x in vals:
+            if torch.is_tensor(x) and x.is_floating_point() and not bool(torch.isfinite(x).all()):
+                raise ClipLoadError(f"clip {clip_id}: `{key}` holds NaN/inf values")
+    return item
+
+
 class WindowDataset(Dataset):
     """Fixed-length windows over clips, with the skipping/replacement policy described in the module docstring.
 
@@ -142,7 +153,7 @@ class WindowDataset(Dataset):
             clip, start = self.window_start(idx)
             if clip not in self._bad:
                 try:
-                    return self.load_window(clip, start)
+                    return _check_finite(self.load_window(clip, start), self.records[clip].clip_id)
                 except ClipLoadError as err:
                     self._bad.add(clip)
                     log.warning("failed to load clip %s (%s); its windows are replaced by other clips' windows",
