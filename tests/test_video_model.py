@@ -24,9 +24,10 @@ B, F, H, W = 2, 3, 32, 48  # non-square frames -> 8x12 latents
 
 
 
-def build(attention: str = "mm_haa", blocks=("down", "mid", "up"), k: int = 3, seed: int = 0) -> VideoNet:
+def build(attention: str = "mm_haa", blocks=("down", "mid", "up"), k: int = 3, seed: int = 0,
+          module: str | None = None) -> VideoNet:
     torch.manual_seed(seed)
-    return VideoNet(TINY, AUDIO, attention, blocks, k)
+    return VideoNet(TINY, AUDIO, attention, blocks, k, attention_module=module)
 
 
 def inputs(k: int = 3, seed: int = 1) -> dict:
@@ -151,11 +152,18 @@ def test_pose_guider_starts_at_zero() -> None:
         assert torch.equal(net(**x), net(**{**x, "pose_images": torch.rand_like(x["pose_images"])}))
 
 
-@pytest.mark.parametrize("attention", ["none", "cross", "haa", "mm_haa"])
-def test_attention_variants_build_and_train_a_step(attention: str) -> None:
-    net = build(attention, blocks=("down",))
+OFFICIAL = "mmgt.models.video.mmhaa.OfficialAudioModule"
+
+
+@pytest.mark.parametrize(("attention", "module"), [("none", None), ("cross", None), ("haa", None), ("mm_haa", None),
+                                                   ("cross", OFFICIAL), ("haa", OFFICIAL), ("mm_haa", OFFICIAL)])
+def test_attention_variants_build_and_train_a_step(attention: str, module: str | None) -> None:
+    net = build(attention, blocks=("down",), module=module)
     n_mod = {"none": 0}.get(attention, 2)  # tiny: 2 down blocks with attention, 1 layer each
     assert len(net.audio_modules) == n_mod
+    if module is not None:  # MMGT's block sizes layer 0 by the block's input width (16 -> 32 in down block 1)
+        widths = [m.proj_in.weight.shape[:2] for m in net.audio_modules.values()]
+        assert widths == [(16, 16), (16, 32)]
     k = {"none": 0, "cross": 1}.get(attention, 3)
     assert all(len(m.attn) == k for m in net.audio_modules.values())
     trainable = ["motion_modules", "audio_proj", "audio_modules"] if attention != "none" else ["motion_modules"]
@@ -170,6 +178,21 @@ def test_attention_variants_build_and_train_a_step(attention: str) -> None:
     if attention != "none":
         # the zero projections get gradients and move, so the audio path becomes active
         assert any(m.proj[0].weight.abs().sum() > 0 for m in net.audio_modules.values())
+
+
+def test_unet_config_refuses_unknown_keys_and_motion_norm_default() -> None:
+    from mmgt.models.video.unet import FrameGroupNorm, motion_norm_mode
+
+    with pytest.raises(ValueError, match="unknown key"):
+        VideoNet({**TINY, "unet": {**TINY["unet"], "motion_nrom": "per_frame"}}, None, "none", [], 0)
+    with pytest.raises(ValueError, match="motion_norm"):
+        VideoNet({**TINY, "unet": {**TINY["unet"], "motion_norm": "frames"}}, None, "none", [], 0)
+    assert motion_norm_mode({"motion_adapter": "/x"}) == "per_frame"  # AnimateDiff weights: their convention
+    assert motion_norm_mode({"motion_adapter": None}) == "across_frames"  # random init: diffusers' module as is
+    net = VideoNet({**TINY, "unet": {**TINY["unet"], "motion_norm": "per_frame"}}, None, "none", [], 0)
+    norms = [m.norm for n, m in net.denoising_unet.named_modules() if n.endswith(("motion_modules.0",))]
+    assert norms and all(isinstance(m, FrameGroupNorm) for m in norms)
+    assert not any(isinstance(m, FrameGroupNorm) for m in build("none").modules())
 
 
 def test_mm_haa_requires_masks_and_mask_pyramid_levels() -> None:
