@@ -25,6 +25,7 @@ from mmgt.data.audio_features import (
 )
 from mmgt.data.corpus import Corpus, write_clip, write_manifest
 from mmgt.data.edge_features import EDGE_COLUMNS, edge35_features
+from mmgt.data.vocal_separation import MDXVocalSeparator
 
 HOP = 640
 
@@ -367,3 +368,102 @@ def test_edge35_frames_are_cut_or_padded() -> None:
     assert edge35_features(x, 16000, 70).shape == (70, 35)  # 2 s is 50 frames: zero-padded audio
     with pytest.raises(ValueError, match="mono"):
         edge35_features(np.zeros((2, 100), np.float32), 16000)
+
+
+# ---------------------------------------------------------------------------------------------- vocal separation
+
+# Small MDX settings: 16 kHz model (no resampling unless asked), n_fft 256, windows of 64 * 31 samples.
+MDX = dict(sample_rate=16000, n_fft=256, hop=64, dim_t=32)
+
+
+def _onnx_model(path: Path, op: str, n_bins: int, gain: float = 1.0) -> Path:
+    """A one-node MDX stand-in on (B, 4, n_bins, dim_t): ``gain * x`` (op "Mul") or ``x * x`` (op "Square")."""
+    import onnx
+    from onnx import TensorProto, helper, numpy_helper
+
+    shape = ["b", 4, n_bins, MDX["dim_t"]]
+    if op == "Mul":
+        node, init = helper.make_node("Mul", ["input", "gain"], ["output"]), [
+            numpy_helper.from_array(np.array(gain, np.float32), "gain")]
+    else:
+        node, init = helper.make_node("Mul", ["input", "input"], ["output"]), []
+    graph = helper.make_graph([node], "mdx", [helper.make_tensor_value_info("input", TensorProto.FLOAT, shape)],
+                              [helper.make_tensor_value_info("output", TensorProto.FLOAT, shape)], initializer=init)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = 8
+    onnx.save(model, str(path))
+    return path
+
+
+def _tones(freqs: list[float], n: int, sr: int = 16000) -> np.ndarray:
+    t = np.arange(n) / sr
+    return sum(np.sin(2 * np.pi * f * t) for f in freqs).astype(np.float32) * 0.2
+
+
+def test_mdx_gain_model_round_trips(tmp_path: Path) -> None:
+    """All bins kept + a gain-g model: the STFT/model/iSTFT/window plumbing gives g * compensate * mix for any length
+    (several windows, a ragged tail)."""
+    model = _onnx_model(tmp_path / "gain.onnx", "Mul", n_bins=129, gain=0.5)
+    sep = MDXVocalSeparator(model, dim_f=129, compensate=1.25, batch_size=3, **MDX)
+    for n in (500, 1984, 9001):
+        x = np.random.default_rng(n).standard_normal(n).astype(np.float32)
+        assert np.allclose(sep(x, 16000), 0.5 * 1.25 * x, atol=1e-5), n
+
+
+def test_mdx_drops_bins_above_dim_f(tmp_path: Path) -> None:
+    """The model only sees the lowest dim_f bins; the rest come back as silence (MDX's frequency cut-off)."""
+    model = _onnx_model(tmp_path / "id.onnx", "Mul", n_bins=64)
+    sep = MDXVocalSeparator(model, dim_f=64, compensate=1.0, **MDX)  # bins 0..63 of 129: up to ~3.9 kHz
+    low, high = _tones([500.0], 8000), _tones([6000.0], 8000)
+    out = sep(low + high, 16000)
+    core = slice(500, -500)
+    assert np.abs(out[core] - low[core]).max() < 1e-2 * np.abs(low).max()
+
+
+def test_mdx_denoise_averages_the_negated_pass(tmp_path: Path) -> None:
+    """denoise = (f(X) - f(-X)) / 2: zero for an even model (x*x), unchanged for a linear one."""
+    x = _tones([300.0, 900.0], 4000)
+    square = _onnx_model(tmp_path / "sq.onnx", "Square", n_bins=129)
+    assert np.abs(MDXVocalSeparator(square, dim_f=129, **MDX)(x, 16000)).max() > 1e-3
+    assert np.abs(MDXVocalSeparator(square, dim_f=129, denoise=True, **MDX)(x, 16000)).max() < 1e-6
+    gain = _onnx_model(tmp_path / "g.onnx", "Mul", n_bins=129, gain=2.0)
+    assert np.allclose(MDXVocalSeparator(gain, dim_f=129, denoise=True, compensate=1.0, **MDX)(x, 16000), 2 * x,
+                       atol=1e-5)
+
+
+def test_mdx_resamples_to_the_model_rate(tmp_path: Path) -> None:
+    """A 44.1 kHz model (the original's rate) on 16 kHz audio: the soxr round trip keeps a band-limited signal."""
+    model = _onnx_model(tmp_path / "id.onnx", "Mul", n_bins=129)
+    sep = MDXVocalSeparator(model, dim_f=129, compensate=1.0, **{**MDX, "sample_rate": 44100})
+    x = _tones([220.0, 1000.0, 3100.0], 16000)
+    out = sep(x, 16000)
+    assert out.shape == x.shape and out.dtype == np.float32
+    assert np.abs(out[200:-200] - x[200:-200]).max() < 1e-2 * np.abs(x).max()
+
+
+def test_mdx_settings_are_checked_and_missing_file_is_clear(tmp_path: Path) -> None:
+    missing = tmp_path / "Kim_Vocal_2.onnx"
+    with pytest.raises(FileNotFoundError) as err:
+        Wav2VecFeatures(vocal_separator=str(missing))
+    assert str(missing) in str(err.value) and "data.stage2_features.vocal_separator" in str(err.value)
+    model = _onnx_model(tmp_path / "id.onnx", "Mul", n_bins=129)
+    with pytest.raises(ValueError, match="MDX"):
+        MDXVocalSeparator(model, dim_f=200, **MDX)  # more bins than n_fft // 2 + 1
+    with pytest.raises(ValueError, match="vocal_separator"):
+        Wav2VecFeatures(separator_options={"n_fft": 256})
+
+
+def test_wav2vec_features_of_separated_vocals(tmp_path: Path) -> None:
+    """With a separator, wav2vec sees its output: a zero-gain model gives the features of silence."""
+    x = np.random.default_rng(9).standard_normal(HOP * 6).astype(np.float32)
+    mute = _onnx_model(tmp_path / "mute.onnx", "Mul", n_bins=129, gain=0.0)
+    options = dict(dim_f=129, **MDX)
+    sep = Wav2VecFeatures(seed=2, vocal_separator=str(mute), separator_options=options)
+    assert torch.allclose(sep(x, 6), Wav2VecFeatures(seed=2)(np.zeros_like(x), 6), atol=1e-5)
+    plain = Wav2VecFeatures(seed=2)
+    assert sep.signature != plain.signature
+    again = Wav2VecFeatures(seed=2, vocal_separator=str(mute), separator_options=options)
+    assert again.signature == sep.signature
+    _onnx_model(mute, "Mul", n_bins=129, gain=1.0)  # replaced in place: new size/mtime -> new cache key
+    os.utime(mute, ns=(mute.stat().st_atime_ns, mute.stat().st_mtime_ns + 10**9))
+    assert Wav2VecFeatures(seed=2, vocal_separator=str(mute), separator_options=options).signature != sep.signature
