@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE := 1
 export TRANSFORMERS_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
 
-.PHONY: install quickstart test lint bench clean
+.PHONY: install quickstart test test-fast lint bench clean
 
 $(BIN)/.installed: pyproject.toml requirements-lock.txt
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -23,6 +23,11 @@ quickstart: install
 test: install
 	$(BIN)/ruff check src tests experiments
 	$(BIN)/python -m pytest tests
+
+# the fast tier: everything but the end-to-end, DDP and CLI tests marked slow (a few minutes on 2 idle cores)
+test-fast: install
+	$(BIN)/ruff check src tests experiments
+	$(BIN)/python -m pytest tests -m "not slow"
 
 bench: install
 	for f in experiments/bench/*.py; do echo "== $$f"; $(BIN)/python $$f || exit 1; done

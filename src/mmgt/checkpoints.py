@@ -172,6 +172,20 @@ def resolve(path: str | Path, key: str = "ckpt") -> Path:
     return p
 
 
+def _upgrade(ckpt: Checkpoint) -> Checkpoint:
+    """Fill settings whose default changed since a file's format version, so old files keep their numbers.
+
+    Version 0 (before the record existed): speech encoders ran their transformer on 25-fps input by default."""
+    if ckpt.version < 1:
+        s2 = ckpt.datamodule.get("stage2_features")
+        if isinstance(s2, dict):
+            s2.setdefault("resample", "before")
+        s1 = ckpt.datamodule.get("stage1_features")
+        if isinstance(s1, dict) and s1.get("backend"):
+            s1.setdefault("backend_resample", "before")
+    return ckpt
+
+
 def read(path: str | Path, key: str = "ckpt") -> Checkpoint:
     """Read a Lightning ``.ckpt``, a run folder's newest checkpoint, or a safetensors export."""
     p = resolve(path, key)
@@ -192,15 +206,15 @@ def read(path: str | Path, key: str = "ckpt") -> Checkpoint:
             hp, dm = json.loads(meta["hparams"]), json.loads(meta.get("datamodule", "{}"))
         except (KeyError, json.JSONDecodeError) as err:
             raise CheckpointError(f"{p}: export metadata is not valid JSON ({err})") from err
-        return Checkpoint(p, meta.get("kind", ""), "safetensors", int(meta.get("format_version", 0) or 0), hp, state,
-                          dm)
+        return _upgrade(Checkpoint(p, meta.get("kind", ""), "safetensors", int(meta.get("format_version", 0) or 0),
+                                   hp, state, dm))
     ckpt = load_torch(p)
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict)")
     rec = ckpt.get("mmgt") if isinstance(ckpt.get("mmgt"), Mapping) else {}
-    return Checkpoint(p, kind_of(ckpt), "ckpt", int(rec.get("format_version", 0)),
-                      dict(ckpt.get("hyper_parameters") or {}), dict(ckpt["state_dict"]),
-                      dict(ckpt.get("datamodule_hyper_parameters") or {}), int(ckpt.get("global_step", -1)))
+    return _upgrade(Checkpoint(p, kind_of(ckpt), "ckpt", int(rec.get("format_version", 0)),
+                               dict(ckpt.get("hyper_parameters") or {}), dict(ckpt["state_dict"]),
+                               dict(ckpt.get("datamodule_hyper_parameters") or {}), int(ckpt.get("global_step", -1))))
 
 
 # ---------------------------------------------------------------------------------------------- rebuilding
