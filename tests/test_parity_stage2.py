@@ -21,7 +21,14 @@ from mmgt.models.video import VideoSampler, make_scheduler
 from mmgt.models.video.mmhaa import AudioAttention, OfficialAudioModule, audio_module_class
 from mmgt.models.video.unet import FrameGroupNorm, set_motion_norm
 from mmgt.official import ConversionError
-from mmgt.official.stage2 import build_converted, convert_net, convert_net_shapes, official_name, official_video_hparams
+from mmgt.official.stage2 import (
+    build_converted,
+    convert_net,
+    convert_net_shapes,
+    is_official_net,
+    official_name,
+    official_video_hparams,
+)
 
 ROOT = Path(os.environ.get("MMGT_OFFICIAL_FIXTURES", Path(__file__).resolve().parents[1] / ".." / "shared" /
                            "fixtures" / "mmgt_official"))
@@ -101,6 +108,7 @@ def test_conversion_places_every_tensor_and_infers_the_fixture_config(fx: dict, 
     assert placed | set(conversion.unused) == set(keys)
     assert all(k.endswith("pos_encoder.pe") for k in conversion.unused)
     assert all(v.dtype == torch.float32 for v in conversion.state_dict.values())
+    assert is_official_net(keys) and not is_official_net(conversion.state_dict)
     unet = conversion.config["video"]["unet"]
     assert unet["block_out_channels"] == cfg["denoising_unet_config"]["block_out_channels"]
     assert unet["layers_per_block"] == cfg["denoising_unet_config"]["layers_per_block"]

@@ -153,6 +153,13 @@ def infer_config(shapes: Mapping[str, Sequence[int]], source: str = "state dict"
                 latent_channels=int(latent))
 
 
+def is_official_net(keys: Sequence[str] | Mapping[str, Any]) -> bool:
+    """True for an official Net state dict (``audioproj.`` / ``temporal_transformer`` names), False for mmgt's own
+    VideoNet names, e.g. to let ``init_from`` accept a released ``net-*.pth`` through :func:`convert_net`."""
+    names = [str(k) for k in keys]
+    return any(k.startswith("audioproj.") for k in names) or any(".temporal_transformer." in k for k in names)
+
+
 def _select_state(obj: Mapping[str, Any], source: str) -> Mapping[str, Any]:
     """The Net state dict of a released file; other MMGT files are refused with what they are."""
     if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
