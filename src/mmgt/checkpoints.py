@@ -325,14 +325,15 @@ def write_export(net: nn.Module, kind: str, hparams: Mapping[str, Any], datamodu
     return out
 
 
-def video_net_state(path: str | Path, prefer_ema: bool = True, key: str = "model.init_from") -> dict[str, torch.Tensor]:
-    """``VideoNet`` weights from a stage-2 checkpoint (``net.*``, EMA applied when present and ``prefer_ema``), a
-    safetensors export, or a plain state-dict file — to initialise a model, so no stored setting is used."""
+def net_state(path: str | Path, prefer_ema: bool = True, key: str = "model.init_from") -> dict[str, torch.Tensor]:
+    """A stage network's weights (``net.*`` of a Lightning checkpoint of either stage, EMA applied when present and
+    ``prefer_ema``; a safetensors export; or a plain state-dict file) to initialise a model: no stored setting is
+    read, so nothing is rebuilt from the file."""
     p = Path(str(path)).expanduser()
     if p.is_dir():
         p = resolve(p, key)
     if not p.exists():
-        raise FileNotFoundError(f"stage-A checkpoint not found: {p} (config key `{key}`)")
+        raise FileNotFoundError(f"checkpoint not found: {p} (config key `{key}`)")
     if p.suffix == ".safetensors":
         from safetensors.torch import load_file
 
@@ -342,13 +343,19 @@ def video_net_state(path: str | Path, prefer_ema: bool = True, key: str = "model
     ema = {}
     if isinstance(sd, Mapping) and "state_dict" in sd:
         full = sd["state_dict"]
-        ema = {k[len("ema."):].replace("__", "."): v for k, v in full.items() if k.startswith("ema.")}
+        if any(k.startswith("ema.module.") for k in full):  # stage 1: torch AveragedModel
+            ema = {k[len("ema.module."):]: v for k, v in full.items() if k.startswith("ema.module.")}
+        else:  # stage 2: averages of the trainable parameters, dots stored as "__"
+            ema = {k[len("ema."):].replace("__", "."): v for k, v in full.items() if k.startswith("ema.")}
         sd = {k[len("net."):]: v for k, v in full.items() if k.startswith("net.")}
     elif any(k.startswith("net.") for k in sd):
         sd = {k[len("net."):]: v for k, v in sd.items() if k.startswith("net.")}
     if prefer_ema and ema:
         sd.update({k: v for k, v in ema.items() if k in sd})
     return dict(sd)
+
+
+video_net_state = net_state  # the stage-2 name used by earlier code
 
 
 def state_dict_file(path: Path) -> dict[str, torch.Tensor]:
@@ -363,5 +370,5 @@ def state_dict_file(path: Path) -> dict[str, torch.Tensor]:
 
 __all__ = ["EXPORT_FORMAT", "FORMAT_VERSION", "KINDS", "Checkpoint", "CheckpointError",
            "build_module", "check_state", "check_stored_config", "export_safetensors", "kind_of", "latest_checkpoint",
-           "load_torch", "non_finite", "read", "resolve", "stamp", "state_dict_file", "video_net_state",
+           "load_torch", "net_state", "non_finite", "read", "resolve", "stamp", "state_dict_file", "video_net_state",
            "write_export"]
