@@ -261,6 +261,15 @@ def test_same_values_with_one_and_two_ddp_ranks(tmp_path):
 
 
 # ---------------------------------------------------------------- weight files
+def _same_function(fast: torch.Tensor, ref: torch.Tensor) -> None:
+    """Outputs of a BatchNorm-folded copy vs the published layout, relative to the output's scale: float32 summation
+    order differs by machine (seen: 2.6e-8 at scale 0.07, over allclose's default atol near zero), while a wrong
+    fold (eps, bias or a channel order lost) is off by > 1e-2 of the scale."""
+    scale = float(ref.abs().max())
+    assert scale > 1e-3
+    assert float((fast - ref).abs().max()) <= 1e-5 * scale
+
+
 def test_published_key_layouts_load_from_files(tmp_path):
     torch.manual_seed(0)
     i3d = InceptionI3d(400).eval()
@@ -273,7 +282,8 @@ def test_published_key_layouts_load_from_files(tmp_path):
     loaded, randinit = build_i3d(tmp_path, verify_checksums=False)  # a folder holding the published name works
     assert not randinit
     x = torch.rand(1, 3, 8, 16, 16) * 2 - 1
-    assert torch.allclose(loaded(x), i3d(x))
+    with torch.no_grad():
+        _same_function(loaded(x), i3d(x))
     with pytest.raises(ChecksumMismatchError, match="a867b87a"):
         build_i3d(tmp_path / "i3d_pretrained_400.pt")
 
@@ -285,7 +295,8 @@ def test_published_key_layouts_load_from_files(tmp_path):
     loaded, randinit = build_syncnet(tmp_path / "syncnet_v2.model")  # no published checksum to verify
     assert not randinit
     aud = torch.randn(2, 1, 13, 20)
-    assert torch.allclose(loaded.forward_aud(aud), net.forward_aud(aud))
+    with torch.no_grad():
+        _same_function(loaded.forward_aud(aud), net.forward_aud(aud))
 
 
 def test_fid_inception_loads_the_published_layout_and_matches_torchmetrics_fid(tmp_path):

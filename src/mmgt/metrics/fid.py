@@ -97,7 +97,9 @@ class FrechetInceptionDistance(FrechetMetric):
     used. Names: ``fid``; ``_r<size>`` for a resize other than 299, ``_aa`` with antialiasing, ``_randinit``.
     """
 
+    name = "fid"
     sample_name = "frames"
+    weights_key = "inception"
 
     def __init__(self, inception_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, input_range: tuple[float, float] = (-1.0, 1.0),

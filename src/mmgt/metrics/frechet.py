@@ -16,8 +16,8 @@ import warnings
 import numpy as np
 import torch
 from torch import Tensor
-from torchmetrics import Metric
 
+from mmgt.metrics.base import SuiteMetric
 from mmgt.metrics.cache import FeatureCache
 
 ArrayLike = np.ndarray | torch.Tensor
@@ -78,21 +78,23 @@ def _cat(state: list[Tensor] | Tensor) -> Tensor:
     return torch.cat(state) if state else torch.zeros(0, 0, dtype=torch.float64)
 
 
-class FrechetMetric(Metric):
+class FrechetMetric(SuiteMetric):
     """Fréchet distance between network features of generated and reference videos ``(B,T,C,H,W)``.
 
     What FVD and FID share: features are gathered as cat-states (exact under DDP), :meth:`compute` needs ≥ 2
     samples per side and returns ``nan`` (with a warning) otherwise, ``num_samples`` after compute says how many
     generated samples (clips, frames) it used, and ``reference_cache_mb > 0`` keeps reference videos' features
     (fixed ground truth then runs through the network once; see :mod:`mmgt.metrics.cache`). Subclasses say how a
-    batch of videos becomes ``(N, D)`` features (:meth:`features`) and what the cache key depends on.
+    batch of videos becomes ``(N, D)`` features (:meth:`features`) and what the cache key depends on. Logged as
+    ``<name><suffix>`` with ``<name>_num_<sample_name>`` beside it (``fvd_num_clips``, ``fid_num_frames``).
     """
 
     full_state_update = False
     is_differentiable = False
     higher_is_better = False
-    #: what one feature row is, for messages ("clips", "frames")
+    #: what one feature row is, for messages and the count's name ("clips", "frames")
     sample_name = "samples"
+    settings = ("input_range", "allow_random_weights", "verify_checksums")
 
     def __init__(self, *, reference_cache_mb: float = 0.0, **kwargs):
         super().__init__(**kwargs)
@@ -132,3 +134,10 @@ class FrechetMetric(Metric):
                           f"{gen.shape[0]} and {ref.shape[0]}); returning nan", stacklevel=2)
             return torch.tensor(math.nan, dtype=torch.float64)
         return torch.tensor(frechet_distance_from_features(gen, ref), dtype=torch.float64)
+
+    def names(self) -> list[str]:
+        return [f"{self.name}{self.name_suffix}", f"{self.name}_num_{self.sample_name}"]
+
+    def results(self) -> dict[str, float]:
+        value = float(self.compute())  # sets num_samples
+        return dict(zip(self.names(), (value, float(self.num_samples))))

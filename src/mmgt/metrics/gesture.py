@@ -15,18 +15,23 @@ unit = one frame side, so L2 values read as fractions of the frame size):
 * :class:`BeatAlignment` — Bailando/AIST++ beat-align score: for each audio onset, exp(-d²/2σ²) with d the
   distance (frames) to the nearest motion beat (local minimum of smoothed keypoint speed); averaged over onsets.
   Audio onsets are peaks of the positive log-RMS flux of the waveform at 25 fps (640 samples per frame).
+
+:class:`GestureSuite` is the stage-1 suite (``conf/metrics/gesture.yaml``): ``update(generated, reference, vis,
+audio)``, ``compute()`` -> ``l2_face, l2_lips, l2_hands, l2_body, fgd_randproj, diversity, diversity_real,
+beat_align, beat_align_real`` (the ``_real`` ones: the same metrics on the ground truth, for scale).
 """
 
 from __future__ import annotations
 
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
-from torchmetrics import Metric
 from torchmetrics.utilities import dim_zero_cat
 
 from mmgt.data.video_io import HOP
+from mmgt.metrics.base import Builtin, Suite, SuiteMetric
 from mmgt.metrics.frechet import frechet_distance_from_features
 from mmgt.pose.layout import BODY, FACE, HANDS, LEG_POINTS, LIPS
 
@@ -40,10 +45,12 @@ NECK = 1
 FEATURE_SEED = 20240531
 
 
-class KeypointL2(Metric):
-    """Mean keypoint L2 per region; ``compute()`` -> {region: value}."""
+class KeypointL2(SuiteMetric):
+    """Mean keypoint L2 per region; ``compute()`` -> {region: value}, logged as ``l2_<region>``."""
 
     full_state_update = False
+    name = "l2"
+    optional_inputs = ("vis",)
 
     def __init__(self, regions: dict[str, tuple[int, ...]] | None = None, **kwargs: Any) -> None:
         super().__init__(**kwargs)
@@ -65,6 +72,12 @@ class KeypointL2(Metric):
         return {name: (getattr(self, f"sum_{name}") / getattr(self, f"n_{name}").clamp(min=1)).float()
                 for name in self.regions}
 
+    def names(self) -> list[str]:
+        return [f"{self.name}_{region}" for region in self.regions]
+
+    def results(self) -> dict[str, float]:
+        return {f"{self.name}_{region}": float(v) for region, v in self.compute().items()}
+
 
 def _projection(in_dim: int, dim: int) -> torch.Tensor:
     g = torch.Generator().manual_seed(FEATURE_SEED)
@@ -80,14 +93,18 @@ def sequence_features(poses: torch.Tensor, dim: int = 32) -> torch.Tensor:
     return stats @ _projection(stats.shape[1], dim).to(stats.device)
 
 
-class FrechetGestureDistance(Metric):
-    """Fréchet distance of random-projection sequence features, generated vs real (see module docstring)."""
+class FrechetGestureDistance(SuiteMetric):
+    """Fréchet distance of random-projection sequence features, generated vs real (see module docstring); logged
+    as ``fgd_randproj`` (not the FGD of the literature)."""
 
     full_state_update = False
+    name = "fgd"
+    name_suffix = "_randproj"
+    settings = ("feature_dim",)
 
-    def __init__(self, dim: int = 32, **kwargs: Any) -> None:
+    def __init__(self, feature_dim: int = 32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.dim = dim
+        self.dim = feature_dim
         self.add_state("real", default=[], dist_reduce_fx="cat")
         self.add_state("fake", default=[], dist_reduce_fx="cat")
 
@@ -102,14 +119,17 @@ class FrechetGestureDistance(Metric):
         return torch.tensor(frechet_distance_from_features(real, fake), dtype=torch.float32)
 
 
-class GestureDiversity(Metric):
+class GestureDiversity(SuiteMetric):
     """Mean pairwise L2 distance between sequence features of generated samples (higher = more varied)."""
 
     full_state_update = False
+    name = "diversity"
+    inputs = ("generated",)
+    settings = ("feature_dim",)
 
-    def __init__(self, dim: int = 32, **kwargs: Any) -> None:
+    def __init__(self, feature_dim: int = 32, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.dim = dim
+        self.dim = feature_dim
         self.add_state("feats", default=[], dist_reduce_fx="cat")
 
     def update(self, pred: torch.Tensor) -> None:
@@ -152,14 +172,17 @@ def motion_beats(poses: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
     return (speed < pad[:, :-2] - tol) & (speed < pad[:, 2:] - tol)
 
 
-class BeatAlignment(Metric):
+class BeatAlignment(SuiteMetric):
     """Beat-align score of poses vs the audio they were generated for (higher = motion beats on onsets)."""
 
     full_state_update = False
+    name = "beat_align"
+    inputs = ("generated", "audio")
+    settings = ("beat_sigma", "hop")
 
-    def __init__(self, sigma: float = 3.0, hop: int = HOP, **kwargs: Any) -> None:
+    def __init__(self, beat_sigma: float = 3.0, hop: int = HOP, **kwargs: Any) -> None:
         super().__init__(**kwargs)
-        self.sigma, self.hop = sigma, hop
+        self.sigma, self.hop = beat_sigma, hop
         self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
@@ -180,43 +203,50 @@ class BeatAlignment(Metric):
         return (self.score / self.count.clamp(min=1)).float()
 
 
-class GestureMetrics(torch.nn.Module):
-    """The stage-1 metric set; ``update`` with a batch of generated and real poses, ``compute`` -> flat dict.
+class GestureSuite(Suite):
+    """The stage-1 metrics of generated vs ground-truth poses ``(B, N, K, >=2)`` (normalised), plus any configured
+    metric (a ``_target_`` entry).
 
-    Keys: ``l2_face, l2_lips, l2_hands, l2_body, fgd_randproj, diversity, diversity_real, beat_align,
-    beat_align_real``.
+    Args:
+        feature_dim: random-projection feature size of FGD and diversity.
+        beat_sigma: beat-align tolerance in frames.
+        hop: audio samples per pose frame (beat alignment).
+        entries: ``l2, fgd, diversity, diversity_real, beat_align, beat_align_real``: ``True``/``False`` or kwargs
+            (``enabled: false`` off); any other key: a metric named by ``_target_``.
     """
 
-    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = HOP) -> None:
-        super().__init__()
-        self.l2 = KeypointL2()
-        self.fgd = FrechetGestureDistance(feature_dim)
-        self.diversity = GestureDiversity(feature_dim)
-        self.diversity_real = GestureDiversity(feature_dim)
-        self.beat = BeatAlignment(beat_sigma, hop)
-        self.beat_real = BeatAlignment(beat_sigma, hop)
+    arguments: ClassVar[tuple[str, ...]] = ("vis", "audio")
+    builtins: ClassVar[Mapping[str, Builtin]] = {
+        "l2": Builtin(KeypointL2),
+        "fgd": Builtin(FrechetGestureDistance),
+        "diversity": Builtin(GestureDiversity),
+        "diversity_real": Builtin(GestureDiversity, defaults={"name": "diversity_real", "inputs": ("reference",)}),
+        "beat_align": Builtin(BeatAlignment),
+        "beat_align_real": Builtin(BeatAlignment, defaults={"name": "beat_align_real",
+                                                            "inputs": ("reference", "audio")}),
+    }
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor, vis: torch.Tensor | None = None,
-               audio: torch.Tensor | None = None) -> None:
-        pred, target = pred.float(), target.float()
-        self.l2.update(pred, target, vis)
-        self.fgd.update(pred, target)
-        self.diversity.update(pred)
-        self.diversity_real.update(target)
-        if audio is not None:
-            self.beat.update(pred, audio)
-            self.beat_real.update(target, audio)
+    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = HOP, **entries: Any) -> None:
+        super().__init__(entries, {"feature_dim": int(feature_dim), "beat_sigma": float(beat_sigma), "hop": int(hop)})
 
-    def compute(self) -> dict[str, torch.Tensor]:
-        out = {f"l2_{k}": v for k, v in self.l2.compute().items()}
-        out["fgd_randproj"] = self.fgd.compute()
-        out["diversity"] = self.diversity.compute()
-        out["diversity_real"] = self.diversity_real.compute()
-        if self.beat.update_count > 0:
-            out["beat_align"] = self.beat.compute()
-            out["beat_align_real"] = self.beat_real.compute()
-        return out
+    def update(self, generated: torch.Tensor, reference: torch.Tensor | None = None,  # type: ignore[override]
+               vis: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> None:
+        """``vis`` (B, N, K) bool visibility of the ground truth; ``audio`` (B, >= N*hop) waveform (beat alignment is
+        skipped without it)."""
+        super().update(generated, reference, vis=vis, audio=audio)
 
-    def reset(self) -> None:
-        for m in (self.l2, self.fgd, self.diversity, self.diversity_real, self.beat, self.beat_real):
-            m.reset()
+
+class GestureMetrics(GestureSuite):
+    """The surface ``mmgt.lit.smga`` used before suites were configured (``.l2``, float32 inputs, tensors from
+    ``compute``), on the same members; remove once that module builds its metrics with ``build_suite``."""
+
+    @property
+    def l2(self) -> KeypointL2:
+        return self.metrics["l2"]
+
+    def update(self, generated: torch.Tensor, reference: torch.Tensor | None = None,  # type: ignore[override]
+               vis: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> None:
+        super().update(generated.float(), None if reference is None else reference.float(), vis, audio)
+
+    def compute(self) -> dict[str, torch.Tensor]:  # type: ignore[override]
+        return {k: torch.tensor(v) for k, v in super().compute().items()}

@@ -4,7 +4,7 @@ The network is defined here with the parameter names of piergiaj/pytorch-i3d, i.
 ``i3d_pretrained_400.pt`` (TATS / VideoGPT / DisCo / cd-fvd), so that file loads with ``load_state_dict`` as is.
 A TorchScript detector (stylegan-v's ``i3d_torchscript.pt``) is accepted too.
 
-FVD protocol (DESIGN §6, anchors §A5): each video is cut into non-overlapping ``clip_frames``-frame clips (16; a
+FVD protocol: each video is cut into non-overlapping ``clip_frames``-frame clips (16; a
 video shorter than one clip is padded by repeating its last frame — scored, never dropped — and a trailing partial
 clip is ignored when the video has at least one full clip); frames are resized to 224² (bilinear, no crop, as TATS),
 scaled to [−1, 1]; the 400-d Kinetics logits (time-averaged) are the features; the Fréchet distance is computed in
@@ -248,7 +248,9 @@ class FrechetVideoDistance(FrechetMetric):
     :class:`~mmgt.metrics.frechet.FrechetMetric`. ``num_clips`` after compute says how many generated clips it used.
     """
 
+    name = "fvd"
     sample_name = "clips"
+    weights_key = "i3d"
 
     def __init__(self, i3d_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, clip_frames: int = 16, resize: int = 224,

@@ -1,6 +1,6 @@
 """SyncNet (Chung & Zisserman 2016) and the Sync-C / Sync-D (a.k.a. LSE-C / LSE-D) lip-sync metric.
 
-Follows joonson/syncnet_python ``SyncNetInstance.evaluate`` as used by Wav2Lip's LSE scripts (anchors §A4):
+Follows joonson/syncnet_python ``SyncNetInstance.evaluate`` as used by Wav2Lip's LSE scripts:
 
 * 25 fps video, 16 kHz audio. Audio -> MFCC as ``python_speech_features.mfcc`` with its defaults (13 coefficients,
   25 ms rectangular windows, 10 ms hop = 100 Hz, 26 mel filters, nfft 512, pre-emphasis 0.97, lifter 22, log
@@ -30,10 +30,10 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
-from torchmetrics import Metric
 
 from mmgt.data.video_io import HOP, SAMPLE_RATE
 from mmgt.metrics import weights as W
+from mmgt.metrics.base import SuiteMetric
 from mmgt.metrics.i3d import he_init
 from mmgt.metrics.video import ensure_device, to_unit
 
@@ -254,17 +254,23 @@ def crop_faces(frames: Tensor, track: np.ndarray, crop_scale: float = 0.4, pad_v
     return crops + pad_value
 
 
-class SyncScore(Metric):
+class SyncScore(SuiteMetric):
     """Sync-C and Sync-D of generated videos with their audio, averaged over clips (DDP: float64 sums).
 
     ``update(video (B,T,C,H,W), audio (B, S) 16 kHz, keypoints (B,T,134,3) pixels | None, boxes (B,T,4) | None)``.
     Without keypoints or boxes the whole frame is used (non-standard; warns). ``compute()`` returns
     ``{"sync_c", "sync_d", "sync_offset"}`` (plain means over clips) and ``sync_padded_clips`` (how many clips were
-    shorter than 6 frames and padded).
+    shorter than 6 frames and padded). In a suite: logged as ``sync_c, sync_d, sync_offset`` (+ ``_randinit``)
+    and ``sync_padded_clips``; it needs the suite's ``audio`` and uses ``keypoints``/``boxes`` when given.
     """
 
     full_state_update = False
     is_differentiable = False
+    name = "sync"
+    inputs = ("generated", "audio")
+    optional_inputs = ("keypoints", "boxes")
+    settings = ("input_range", "allow_random_weights", "verify_checksums")
+    weights_key = "syncnet"
 
     def __init__(self, syncnet_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, vshift: int = 15, crop_scale: float = 0.4,
@@ -347,3 +353,15 @@ class SyncScore(Metric):
         n = self.clips.double()
         return {"sync_c": self.conf_sum / n, "sync_d": self.dist_sum / n, "sync_offset": self.offset_sum / n,
                 "sync_padded_clips": self.padded_clips.double()}
+
+    def names(self) -> list[str]:
+        return [f"{self.name}_{p}{self.name_suffix}" for p in ("c", "d", "offset")] + [f"{self.name}_padded_clips"]
+
+    def results(self) -> dict[str, float]:
+        v = self.compute()
+        return dict(zip(self.names(), (float(v[k]) for k in ("sync_c", "sync_d", "sync_offset", "sync_padded_clips"))))
+
+    def per_clip(self) -> dict[str, list[float]]:
+        rows = getattr(self, "last_per_clip", [])  # (offset, sync_c, sync_d) per clip
+        return {f"{self.name}_{p}{self.name_suffix}": [float(r[i]) for r in rows]
+                for i, p in enumerate(("offset", "c", "d"))}

@@ -1,4 +1,4 @@
-"""Per-frame reconstruction metrics: PSNR, SSIM, LPIPS (DESIGN §6).
+"""Per-frame reconstruction metrics: PSNR, SSIM, LPIPS.
 
 Protocol: every generated frame is compared with the ground-truth frame at the same index; the per-frame
 values are averaged over the frames of a clip, then over clips (every clip weighs the same, whatever its length).
@@ -19,10 +19,10 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 from torch import Tensor
-from torchmetrics import Metric
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
 from mmgt.metrics import weights as W
+from mmgt.metrics.base import SuiteMetric
 from mmgt.metrics.cache import FeatureCache
 
 
@@ -48,13 +48,12 @@ def check_pair(generated: Tensor, reference: Tensor) -> None:
                          f"{tuple(reference.shape)} (resize/trim them first: mmgt.evaluate does it and warns)")
 
 
-class _PerFrameMetric(Metric):
+class _PerFrameMetric(SuiteMetric):
     """Mean over clips of the mean over frames of a per-frame score."""
 
     full_state_update = False
     is_differentiable = False
-    #: suffix appended to the metric's logged name (``_randinit`` for random-init feature nets)
-    name_suffix = ""
+    settings = ("input_range",)
 
     def __init__(self, input_range: tuple[float, float] = (-1.0, 1.0), frames_per_batch: int = 256, **kwargs):
         super().__init__(**kwargs)
@@ -92,11 +91,15 @@ class _PerFrameMetric(Metric):
             return torch.tensor(float("nan"), dtype=torch.float64)
         return self.total / self.clips
 
+    def per_clip(self) -> dict[str, list[float]]:
+        return {self.names()[0]: list(getattr(self, "last_per_clip", []))}
+
 
 class PSNR(_PerFrameMetric):
     """Per-frame PSNR in dB on [0, 1] frames (``data_range=1``), capped at ``cap`` for identical frames."""
 
     higher_is_better = True
+    name = "psnr"
 
     def __init__(self, cap: float | None = 100.0, **kwargs):
         super().__init__(**kwargs)
@@ -118,6 +121,7 @@ class SSIM(_PerFrameMetric):
     """
 
     higher_is_better = True
+    name = "ssim"
     border = 5  # (11 - 1) // 2
     k1, k2, sigma = 0.01, 0.03, 1.5
     #: elements (frames·C·H·W) per inner chunk on CPU: 5 stacked float32 maps of this size fit a core's L2 cache
@@ -213,6 +217,9 @@ class LPIPS(_PerFrameMetric):
     """
 
     higher_is_better = False
+    name = "lpips"
+    settings = ("input_range", "allow_random_weights", "verify_checksums")
+    weights_key = "alexnet"
 
     def __init__(self, alexnet_path: str | Path | None = None, *, allow_random_weights: bool = False,
                  verify_checksums: bool = True, frames_per_batch: int = 64, reference_cache_mb: float = 0.0,

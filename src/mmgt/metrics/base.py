@@ -1,0 +1,239 @@
+"""What a metric declares to be part of a suite, and the suite: a collection built from config entries.
+
+A member is a torchmetrics ``Metric`` that says which of the suite's ``update`` arguments it takes (``inputs``,
+``optional_inputs``) and under which names its values are logged (:meth:`SuiteMetric.names`,
+:meth:`SuiteMetric.results`). The suite only dispatches and merges, so a new metric needs no change here: a class
+plus a config entry naming it (``_target_``). Each suite (video: :class:`~mmgt.metrics.suite.MetricSuite`, poses:
+:class:`~mmgt.metrics.gesture.GestureSuite`) is a subclass that states its call arguments, its shared settings and
+its table of built-in entries.
+
+torchmetrics' ``MetricCollection`` is not the container: it calls every member with the same arguments (kwargs
+filtered by each ``update``'s parameter names) where members here take different inputs and one lacking an input is
+skipped; its name flattening cannot put a suffix inside a multi-value member's names (``sync_c_randinit`` beside
+``sync_padded_clips``); and its compute groups would merge members with the same state layout (PSNR/SSIM/LPIPS).
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+import warnings
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, ClassVar
+
+from torch import nn
+from torchmetrics import Metric
+
+from mmgt.utils.config import to_plain
+
+
+class SuiteMetric(Metric):
+    """A torchmetrics ``Metric`` that declares its suite inputs and its logged names.
+
+    Class attributes (``name`` and ``inputs`` can also be set per instance with the keywords of the same name, e.g.
+    from a config entry: the same class then serves ``diversity`` on generated and ``diversity_real`` on reference
+    poses):
+
+    * ``name``: the logged base name; :meth:`names` adds ``name_suffix`` (``_randinit`` for a random-init feature
+      net, ``_r<size>``/``_<n>f`` for a non-standard protocol: a number that is not the published protocol never
+      carries the bare name).
+    * ``inputs``: suite ``update`` arguments this metric needs, given positionally in this order; the suite skips the
+      metric (with a warning, once) when one of them is missing from a call.
+    * ``optional_inputs``: suite arguments given by keyword of the same name (``None`` when the call lacks them).
+    * ``settings``: suite-level settings the constructor takes by keyword of the same name (e.g. ``input_range``,
+      ``allow_random_weights``); an entry's own value wins.
+    * ``weights_key``: the entry of the suite's ``weights`` mapping given as the first constructor argument.
+    """
+
+    name: ClassVar[str] = ""
+    inputs: ClassVar[tuple[str, ...]] = ("generated", "reference")
+    optional_inputs: ClassVar[tuple[str, ...]] = ()
+    settings: ClassVar[tuple[str, ...]] = ()
+    weights_key: ClassVar[str | None] = None
+    name_suffix: str = ""
+
+    def __init__(self, *, name: str | None = None, inputs: Iterable[str] | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if name is not None:
+            self.name = str(name)  # type: ignore[misc]  # instance value shadows the class declaration
+        if inputs is not None:
+            self.inputs = tuple(inputs)  # type: ignore[misc]
+
+    def names(self) -> list[str]:
+        """The keys :meth:`results` returns."""
+        return [f"{self.name}{self.name_suffix}"]
+
+    def results(self) -> dict[str, float]:
+        """``compute()`` as ``{logged name: float}`` (synchronised across ranks: every rank must call it)."""
+        return {self.names()[0]: float(self.compute())}
+
+    def per_clip(self) -> dict[str, list[float]]:
+        """Per-clip values of the latest ``update`` under the logged names; ``{}`` for set-level metrics."""
+        return {}
+
+
+@dataclass(frozen=True)
+class Builtin:
+    """A suite's built-in entry: the class behind a config key, whether it is on without config, its defaults."""
+
+    cls: type[SuiteMetric]
+    enabled: bool = True
+    defaults: Mapping[str, Any] = field(default_factory=dict)
+
+
+def entry_options(value: Any) -> dict[str, Any] | None:
+    """An entry's value: ``False``/``None`` -> off, ``True`` -> defaults, a mapping -> its kwargs (``enabled: false``
+    turns it off)."""
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    opts = dict(to_plain(value))
+    return opts if opts.pop("enabled", True) else None
+
+
+class Suite(nn.Module):
+    """Members built from config entries; ``update`` dispatches by declared inputs, ``compute`` merges the names.
+
+    Args:
+        entries: ``{key: value}``; a value is ``True``/``False``, a mapping of constructor kwargs (``enabled: false``
+            turns it off; ``_target_`` names the class — any :class:`SuiteMetric` — for keys that are not built-in
+            or to replace a built-in's class) or a ready metric. Built-in keys missing from ``entries`` take their
+            table default. Members keep the table's order, then the entries' order.
+        settings: suite-level values handed to each member that declares them in ``settings``.
+        weights: feature-network files; a member with ``weights_key`` gets ``weights[weights_key]`` (or ``None``).
+    """
+
+    #: the keyword names ``update`` accepts (besides ``generated``, ``reference``); members may only declare these
+    arguments: ClassVar[tuple[str, ...]] = ()
+    #: config key -> built-in member
+    builtins: ClassVar[Mapping[str, Builtin]] = {}
+
+    def __init__(self, entries: Mapping[str, Any] | None = None, settings: Mapping[str, Any] | None = None,
+                 weights: Mapping[str, Any] | None = None) -> None:
+        super().__init__()
+        entries = dict(entries or {})
+        settings = dict(settings or {})
+        weights = dict(to_plain(weights) or {})
+        self.metrics = nn.ModuleDict()
+        for key in [*self.builtins, *(k for k in entries if k not in self.builtins)]:
+            member = self._build(key, entries.get(key, self.builtins[key].enabled if key in self.builtins else None),
+                                 settings, weights)
+            if member is not None:
+                self.metrics[key] = member
+        self._check()
+        self._warned: set[str] = set()
+        self.update_count = 0
+
+    # ------------------------------------------------------------------------------------------- building
+    def _build(self, key: str, value: Any, settings: Mapping[str, Any], weights: Mapping[str, Any]) -> Metric | None:
+        if isinstance(value, Metric):
+            return value
+        opts = entry_options(value)
+        if opts is None:
+            return None
+        factory: Callable[..., Any]
+        if "_target_" in opts:
+            from hydra.utils import instantiate
+
+            factory = instantiate(opts, _partial_=True, _convert_="all")  # a partial: settings are added below
+            cls = factory.func  # type: ignore[attr-defined]
+        elif key in self.builtins:
+            cls = self.builtins[key].cls
+            factory = functools.partial(cls, **{**self.builtins[key].defaults, **opts})
+        else:
+            known = ", ".join(self.builtins) or "none"
+            raise ValueError(f"metrics.{key}: not a built-in metric of {type(self).__name__} ({known}) and no "
+                             "`_target_` naming its class")
+        given = getattr(factory, "keywords", {})
+        shared = {k: settings[k] for k in getattr(cls, "settings", ()) if k in settings and k not in given}
+        wkey = getattr(cls, "weights_key", None)
+        return factory(*([weights.get(wkey)] if wkey else []), **shared)
+
+    def _check(self) -> None:
+        """Every member speaks the protocol, takes only this suite's arguments, and logs names no other one does."""
+        allowed = {"generated", "reference", *self.arguments}
+        seen: dict[str, str] = {}
+        for key, m in self.metrics.items():
+            if not all(callable(getattr(m, a, None)) for a in ("names", "results", "per_clip")) or \
+                    not hasattr(m, "inputs"):
+                raise TypeError(f"metrics.{key}: {type(m).__name__} is not a suite metric (subclass "
+                                "mmgt.metrics.SuiteMetric: declare `inputs` and `names()`)")
+            unknown = sorted({*m.inputs, *getattr(m, "optional_inputs", ())} - allowed)
+            if unknown:
+                raise ValueError(f"metrics.{key}: needs {unknown}, but {type(self).__name__}.update gives "
+                                 f"{sorted(allowed)}")
+            for n in m.names():
+                if n in seen:
+                    raise ValueError(f"metrics.{key} and metrics.{seen[n]} both log `{n}`: set `name` on one")
+                seen[n] = key
+
+    # ------------------------------------------------------------------------------------------- the collection
+    @property
+    def names(self) -> list[str]:
+        """The keys :meth:`compute` returns, in order."""
+        return [n for m in self.metrics.values() for n in m.names()]
+
+    def update(self, generated: Any, reference: Any = None, **inputs: Any) -> None:
+        """Add a batch: each member gets the arguments it declares; one with a missing input is skipped (warned
+        once per member)."""
+        unknown = sorted(set(inputs) - set(self.arguments))
+        if unknown:
+            raise TypeError(f"{type(self).__name__}.update got {unknown}; it takes generated, reference"
+                            + "".join(f", {a}" for a in self.arguments))
+        given = {"generated": generated, "reference": reference, **inputs}
+        for key, m in self.metrics.items():
+            missing = [i for i in m.inputs if given.get(i) is None]
+            if missing:
+                if key not in self._warned:
+                    warnings.warn(f"{type(self).__name__}.update without {', '.join(missing)}: {key} "
+                                  f"({', '.join(m.names())}) not updated", stacklevel=2)
+                    self._warned.add(key)
+                continue
+            m.update(*(given[i] for i in m.inputs), **{k: given.get(k) for k in getattr(m, "optional_inputs", ())})
+        self.update_count += 1
+
+    def compute(self) -> dict[str, float]:
+        """All values as floats (synchronised across ranks); ``nan`` for a member that saw no data.
+
+        Every member's ``compute`` runs on every rank (it is a collective under DDP), also for a member skipped on
+        this rank; its values are then ``nan``.
+        """
+        out: dict[str, float] = {}
+        for m in self.metrics.values():
+            if m.update_count:
+                out.update(m.results())
+                continue
+            with warnings.catch_warnings():  # "compute before update": said once at update time already
+                warnings.simplefilter("ignore")
+                out.update(dict.fromkeys(m.results(), math.nan))
+        return out
+
+    def last_per_clip(self) -> dict[str, list[float]]:
+        """Per-clip values of the latest :meth:`update` (set-level metrics such as FVD have none), same names."""
+        out: dict[str, list[float]] = {}
+        for m in self.metrics.values():
+            out.update(m.per_clip())
+        return out
+
+    def reset(self) -> None:
+        for m in self.metrics.values():
+            m.reset()
+        self.update_count = 0
+
+
+def build_suite(cfg: Any, default: type[Suite]) -> Suite:
+    """A suite from a config node: a ``_target_`` node (a :class:`Suite` class, built through Hydra, members built
+    by the suite), or a mapping without one (settings written before suites were config nodes) given to
+    ``default``; ``None``/empty -> ``default()``."""
+    opts = dict(to_plain(cfg) or {})
+    if "_target_" not in opts:
+        return default(**opts)
+    from hydra.utils import instantiate
+
+    opts.pop("_recursive_", None)
+    factory = instantiate(opts, _partial_=True, _recursive_=False, _convert_="all")
+    if not (isinstance(factory.func, type) and issubclass(factory.func, Suite)):
+        raise TypeError(f"metrics._target_ = {opts['_target_']!r} is not a metric suite class (mmgt.metrics.Suite)")
+    return factory()
