@@ -50,6 +50,7 @@ from torch import nn
 from mmgt import checkpoints
 from mmgt.data.corpus import FPS, HOP, SAMPLE_RATE
 from mmgt.errors import GenerationError
+from mmgt.pose.conditioning import ConditionProcessor, normalise_frames
 
 log = logging.getLogger(__name__)
 
@@ -286,8 +287,6 @@ class GesturePipeline:
                  stage2_features: Mapping[str, Any] | None = None, device: str | torch.device = "cpu",
                  progress: bool = True) -> None:
         from mmgt.data.audio_features import Stage1Features, Wav2VecFeatures
-        from mmgt.pose.masks import RegionMaskBuilder
-
         self.device = torch.device(device)
         self.smga, self.video = smga.eval().to(self.device), video.eval().to(self.device)
         self.progress = bool(progress)
@@ -316,12 +315,11 @@ class GesturePipeline:
             if want and want != got:
                 raise GenerationError(f"stage-2 audio embedding {got} does not match the video model's {want}: set "
                                       "`video.features` to the training DataModule's data.stage2_features")
-        self.mask_builder = RegionMaskBuilder(vinfo.get("mask"))
-        if net.masked and self.mask_builder.num_branches != net.n_branches:
-            raise GenerationError(f"the recorded mask config has {self.mask_builder.num_branches} branches, the video "
-                                  f"model {net.n_branches}")
+        self.conditions_processor = ConditionProcessor.from_info({**vinfo, "latent_downsample": net.codec.factor})
+        if net.masked and self.conditions_processor.num_branches != net.n_branches:
+            raise GenerationError(f"the recorded mask config has {self.conditions_processor.num_branches} branches, "
+                                  f"the video model {net.n_branches}")
         self.latent_factor = int(net.codec.factor)
-        self.mask_levels = int(vinfo.get("mask_levels", 4))
         h, w = self.frame_size
         if h % self.latent_factor or w % self.latent_factor or h % 2 or w % 2:
             raise GenerationError(f"frame size {h}x{w} must be even and divisible by the codec factor "
@@ -380,14 +378,9 @@ class GesturePipeline:
 
     def conditions(self, keypoints: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
         """Pose images (T, 3, H, W) in [0, 1] and region masks (``{"masks", "pyramid"}``) of the video frames,
-        built exactly as the DataModule builds them for training."""
-        from mmgt.pose.render import render_pose
-
-        h, w = self.frame_size
-        images = torch.from_numpy(render_pose(keypoints, h, w)).permute(0, 3, 1, 2).float().div_(255.0)
-        masks = self.mask_builder(keypoints, (h, w), (h // self.latent_factor, w // self.latent_factor),
-                                  self.mask_levels)
-        return images, masks
+        built by the same :class:`~mmgt.pose.conditioning.ConditionProcessor` as the training dataset."""
+        proc = self.conditions_processor
+        return proc.pose_images(keypoints, self.frame_size), proc.masks(keypoints, self.frame_size)
 
     def audio_embedding(self, audio: np.ndarray, n_frames: int) -> torch.Tensor | None:
         """(T, 2r+1, L, D) wav2vec windows of the whole audio (None when the video model has no audio attention)."""
@@ -414,8 +407,8 @@ class GesturePipeline:
         bw = list(branch_weights) if branch_weights is not None else video.sample_branch_weights()
         if bw is not None and net.n_branches and len(bw) != net.n_branches:
             raise GenerationError(f"branch_weights has {len(bw)} values, the video model has {net.n_branches} MM-HAA "
-                                  f"branches ({', '.join(self.mask_builder.branch_names)})")
-        ref_t = torch.from_numpy(np.array(ref, copy=True)).permute(2, 0, 1)[None].float().div(127.5).sub(1.0).to(dev)
+                                  f"branches ({', '.join(self.conditions_processor.mask_builder.branch_names)})")
+        ref_t = normalise_frames(ref[None], tuple(ref.shape[:2])).to(dev)
         pose = pose_images[None].to(dev)
         aud = audio_emb[None].to(dev) if audio_emb is not None else None
         msk = [m[None].to(dev) for m in masks] if net.masked and aud is not None else None

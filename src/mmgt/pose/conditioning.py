@@ -1,0 +1,93 @@
+"""``ConditionProcessor``: keypoints + frame size -> the stage-2 conditions, one implementation for the training
+dataset and the generation pipeline (so generation can never drift from training).
+
+What it derives: pose images ``(T, 3, H, W)`` in [0, 1] (:func:`mmgt.pose.render.render_pose` with the configured
+drawing style), region masks at the latent size and their pyramid (:class:`mmgt.pose.masks.RegionMaskBuilder`), and
+normalised frames ``(T, 3, H, W)`` in [-1, 1]. Keypoints are pixel ``x, y`` of the frame they are drawn on;
+:func:`scale_keypoints` maps them between frame sizes (pixel-corner convention: ``x * W_new / W_old``, the same map
+the frames' resize applies to their edges).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmgt.pose.masks import RegionMaskBuilder
+from mmgt.pose.render import STYLES, render_pose
+
+RENDER_KEYS = ("style", "legacy_hand_colors", "drop_legs", "threshold")
+
+
+def scale_keypoints(kp: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, int]) -> np.ndarray:
+    """Pixel keypoints of a ``src_hw`` frame -> pixels of the same frame resized to ``dst_hw`` (float32 copy)."""
+    out = np.array(kp, dtype=np.float32)
+    out[..., 0] *= dst_hw[1] / float(src_hw[1])
+    out[..., 1] *= dst_hw[0] / float(src_hw[0])
+    return out
+
+
+def normalise_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """uint8 ``(T, h, w, 3)`` -> float ``(T, 3, H, W)`` in [-1, 1], bilinear with antialiasing when resized."""
+    x = torch.as_tensor(np.ascontiguousarray(frames))
+    t = x.permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
+    if tuple(t.shape[-2:]) != tuple(size):
+        t = F.interpolate(t, size=tuple(size), mode="bilinear", antialias=True, align_corners=False).clamp_(-1.0, 1.0)
+    return t
+
+
+class ConditionProcessor:
+    """Pose images and region masks of pixel keypoints, as both the dataset and the pipeline need them.
+
+    Args:
+        mask: a :class:`~mmgt.pose.masks.MaskConfig`, its dict, or a built :class:`RegionMaskBuilder`.
+        latent_factor: pixels per latent cell (the codec's factor): masks are built at the latent size.
+        mask_levels: levels of the mask pyramid (one per UNet resolution the audio attention runs at).
+        render: :func:`render_pose` settings (``style``: ``mmgt`` | ``official``, ``legacy_hand_colors``,
+            ``drop_legs``, ``threshold``); unknown keys are refused.
+    """
+
+    def __init__(self, mask: Any = None, latent_factor: int = 8, mask_levels: int = 4,
+                 render: Mapping[str, Any] | None = None) -> None:
+        self.mask_builder = mask if isinstance(mask, RegionMaskBuilder) else RegionMaskBuilder(mask)
+        self.latent_factor, self.mask_levels = int(latent_factor), int(mask_levels)
+        self.render = {k: v for k, v in dict(render or {}).items() if v is not None}
+        bad = [k for k in self.render if k not in RENDER_KEYS]
+        if bad:
+            raise ValueError(f"pose_render: unknown key(s) {bad}; known: {list(RENDER_KEYS)}")
+        if self.render.get("style", "mmgt") not in STYLES:
+            raise ValueError(f"pose_render.style must be one of {STYLES}, got {self.render['style']!r}")
+
+    @classmethod
+    def from_info(cls, info: Mapping[str, Any]) -> ConditionProcessor:
+        """The processor a video model was trained with, from the DataModule ``info()`` it recorded."""
+        return cls(info.get("mask"), int(info.get("latent_downsample", 8)), int(info.get("mask_levels", 4)),
+                   info.get("pose_render"))
+
+    @property
+    def num_branches(self) -> int:
+        return self.mask_builder.num_branches
+
+    def pose_images(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> torch.Tensor:
+        """(T, 134, 3) pixel keypoints of ``frame_hw`` frames -> (T, 3, H, W) pose images in [0, 1]."""
+        h, w = frame_hw
+        return torch.from_numpy(render_pose(keypoints, h, w, **self.render)).permute(0, 3, 1, 2).float().div_(255.0)
+
+    def masks(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> dict[str, Any]:
+        """``{"masks": (K, T, h, w), "pyramid": [(K, T, h_l, w_l), ...]}`` at the latent size."""
+        h, w = frame_hw
+        return self.mask_builder(keypoints, (h, w), (h // self.latent_factor, w // self.latent_factor),
+                                 self.mask_levels)
+
+    def __call__(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> dict[str, Any]:
+        """Every condition of a window: ``pose_images``, ``masks``, ``mask_pyramid`` (float tensors)."""
+        m = self.masks(keypoints, frame_hw)
+        return {"pose_images": self.pose_images(keypoints, frame_hw), "masks": m["masks"].float(),
+                "mask_pyramid": [p.float() for p in m["pyramid"]]}
+
+
+__all__ = ["RENDER_KEYS", "ConditionProcessor", "normalise_frames", "scale_keypoints"]
