@@ -5,8 +5,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import fcntl
 import io
+import logging
+import os
+import re
+import shutil
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -16,12 +22,41 @@ import numpy as np
 from mmgt.data.video_io import FPS, SAMPLE_RATE, atomic_path, read_audio, read_video, write_audio, write_video
 from mmgt.data.video_io import HOP as HOP  # re-exported: corpus users align audio and frames with it
 
+log = logging.getLogger(__name__)
+
 MANIFEST = "manifest.csv"
 SPLITS = ("train", "val", "test")
 
 
 class CorpusError(RuntimeError):
     """A corpus that can't be used as is (missing manifest, bad row, unknown clip)."""
+
+
+class CorpusWriteError(CorpusError):
+    """A corpus file that could not be written (disk full, no permission). The message names the *final* path
+    (not the temp file the OS error was about) and the cause; nothing was left under that name."""
+
+
+@contextlib.contextmanager
+def naming_write_errors(path: str | Path) -> Iterator[None]:
+    """Turn an OS-level write failure inside the block into a :class:`CorpusWriteError` naming ``path``.
+
+    Why: the writers go through temp files, so the raw ``OSError`` names a ``.video.x8k2….mp4`` that no longer
+    exists; the user needs the file the corpus wanted and why it failed. soundfile reports a failed write as its
+    own ``SoundFileError`` (a RuntimeError), so it counts too."""
+    try:
+        yield
+    except CorpusWriteError:
+        raise
+    except OSError as err:
+        cause = f"{err.strerror} [Errno {err.errno}]" if err.strerror else str(err) or type(err).__name__
+        raise CorpusWriteError(f"{path}: cannot write ({cause})") from err
+    except RuntimeError as err:
+        import soundfile as sf
+
+        if not isinstance(err, sf.SoundFileError):
+            raise
+        raise CorpusWriteError(f"{path}: cannot write ({err})") from err
 
 
 @dataclass(frozen=True)
@@ -77,9 +112,19 @@ def write_manifest(root: str | Path, records: list[ClipRecord]) -> Path:
     writer.writeheader()
     for rec in sorted(records, key=lambda r: (r.split, r.speaker, r.clip_id)):
         writer.writerow(asdict(rec))
-    with atomic_path(path) as tmp:
+    with naming_write_errors(path), atomic_path(path) as tmp:
         tmp.write_text(buf.getvalue())
     return path
+
+
+def clip_record(clip_id: str, speaker: str, split: str, n_frames: int, width: int, height: int,
+                fps: float = FPS) -> ClipRecord:
+    """The manifest row of a clip stored at the standard place ``clips/<clip_id>/`` (what :func:`write_clip`
+    writes), without touching its files: writers that keep finished clips on a rerun list them with it."""
+    rel = Path("clips") / clip_id
+    return ClipRecord(clip_id=clip_id, speaker=speaker, split=split, fps=float(fps), n_frames=int(n_frames),
+                      width=int(width), height=int(height), video=str(rel / "video.mp4"),
+                      audio=str(rel / "audio.wav"), keypoints=str(rel / "keypoints.npy"))
 
 
 def write_clip(root: str | Path, clip_id: str, speaker: str, split: str, frames: np.ndarray, audio: np.ndarray,
@@ -87,7 +132,7 @@ def write_clip(root: str | Path, clip_id: str, speaker: str, split: str, frames:
     """Write one clip's files under ``clips/<clip_id>/`` (each atomically) and return its manifest row.
 
     ``audio`` is 16 kHz mono; it is padded/trimmed to exactly ``n_frames * 640`` samples so that audio and
-    video durations agree by construction.
+    video durations agree by construction. A failed write raises :class:`CorpusWriteError` naming the file.
     """
     root = Path(root)
     frames = np.asarray(frames)
@@ -98,14 +143,14 @@ def write_clip(root: str | Path, clip_id: str, speaker: str, split: str, frames:
     n_samples = round(t * SAMPLE_RATE / fps)
     audio = np.asarray(audio, dtype=np.float32)[:n_samples]
     audio = np.pad(audio, (0, n_samples - len(audio)))
-    rel = Path("clips") / clip_id
-    write_video(root / rel / "video.mp4", frames, fps=fps)
-    write_audio(root / rel / "audio.wav", audio)
-    with atomic_path(root / rel / "keypoints.npy") as tmp, tmp.open("wb") as fh:
+    rec = clip_record(clip_id, speaker, split, t, w, h, fps)
+    with naming_write_errors(root / rec.video):
+        write_video(root / rec.video, frames, fps=fps)
+    with naming_write_errors(root / rec.audio):
+        write_audio(root / rec.audio, audio)
+    with naming_write_errors(root / rec.keypoints), atomic_path(root / rec.keypoints) as tmp, tmp.open("wb") as fh:
         np.save(fh, keypoints)
-    return ClipRecord(clip_id=clip_id, speaker=speaker, split=split, fps=float(fps), n_frames=t, width=w, height=h,
-                      video=str(rel / "video.mp4"), audio=str(rel / "audio.wav"),
-                      keypoints=str(rel / "keypoints.npy"))
+    return rec
 
 
 class Corpus:
@@ -167,3 +212,104 @@ class Corpus:
     def load_video(self, rec: ClipRecord, start: int = 0, count: int | None = None) -> np.ndarray:
         """(T, H, W, 3) uint8 frames ``[start, start + count)``."""
         return read_video(self.path(rec, "video"), start, count)
+
+
+# ------------------------------------------------------------------------------------------ writer runs
+
+TEMP_NAME = re.compile(r"^\.(?P<stem>.+)\.[a-z0-9_]{8}(?P<suffix>\.[^.]+)?$")
+"""The names :func:`~mmgt.data.video_io.atomic_path` gives its temp files (``.<stem>.<8 chars of mkstemp's
+alphabet><suffix>`` beside the target). One that outlives its writer means the writer was killed mid-file."""
+BUILD_TAGS = ("new", "old")  # <root>.new-<pid>: a replacement being built; <root>.old-<pid>: the one it replaces
+
+
+def build_folder(root: str | Path, tag: str) -> Path:
+    """``<root>.<tag>-<pid>``: where this process builds a replacement corpus (``new``) or parks the old one."""
+    if tag not in BUILD_TAGS:
+        raise ValueError(f"build folder tag must be one of {BUILD_TAGS}, got {tag!r}")
+    root = Path(root)
+    return root.with_name(f"{root.name}.{tag}-{os.getpid()}")
+
+
+def _build_folders(root: Path, tag: str | None = None) -> list[Path]:
+    pattern = re.compile(rf"^{re.escape(root.name)}\.({'|'.join(BUILD_TAGS) if tag is None else tag})-\d+$")
+    if not root.parent.is_dir():
+        return []
+    return sorted(p for p in root.parent.iterdir() if pattern.match(p.name) and p.is_dir())
+
+
+def leftovers(root: str | Path) -> list[Path]:
+    """What interrupted writers left: temp files under ``root`` and sibling build folders. None is ever part of the
+    corpus (the manifest names final files only), so they are safe to delete when no writer is running."""
+    root = Path(root)
+    temps = [p for p in root.rglob(".*") if TEMP_NAME.match(p.name) and p.is_file()] if root.is_dir() else []
+    return sorted(temps) + _build_folders(root)
+
+
+def _finish_swap(root: Path) -> None:
+    """A kill between the two renames of :func:`swap_in` leaves no ``root`` but complete sibling folders (a build
+    holds a manifest only once it is complete): put the new one in place, else the old one back."""
+    if root.exists():
+        return
+    for tag in BUILD_TAGS:
+        done = [p for p in _build_folders(root, tag) if (p / MANIFEST).exists()]
+        if done:
+            pick = max(done, key=lambda p: (p / MANIFEST).stat().st_mtime_ns)
+            log.warning("%s is missing after an interrupted swap: restoring it from %s", root, pick)
+            with naming_write_errors(root):
+                os.replace(pick, root)
+            return
+
+
+@contextlib.contextmanager
+def writer_lock(root: str | Path) -> Iterator[Path]:
+    """Hold the writer lock of ``root`` (``.<root name>.lock`` beside it) for the block.
+
+    Why: sweeping deletes temp files and build folders, which is only safe while no other writer is making them; a
+    second writer (another ``prepare``, the rank 0 of another node on a shared filesystem) waits for the first
+    instead of racing it."""
+    root = Path(root)
+    lock = root.parent / f".{root.name}.lock"
+    with naming_write_errors(lock):
+        root.parent.mkdir(parents=True, exist_ok=True)
+        fh = open(lock, "a")  # noqa: SIM115 - held for the whole block
+    with fh:
+        try:
+            fcntl.flock(fh, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log.warning("another writer is working on %s: waiting for it to finish", root)
+            fcntl.flock(fh, fcntl.LOCK_EX)
+        yield root
+
+
+def sweep_leftovers(root: str | Path) -> list[Path]:
+    """Finish an interrupted swap and delete every :func:`leftovers` of ``root`` (call it under
+    :func:`writer_lock`, at the start of a writer run); returns what was removed."""
+    root = Path(root)
+    _finish_swap(root)
+    removed = leftovers(root)
+    for path in removed:
+        log.warning("removing %s, left by an interrupted writer", path)
+        with naming_write_errors(path):
+            if path.is_dir():
+                shutil.rmtree(path)
+            else:
+                path.unlink(missing_ok=True)
+    return removed
+
+
+def swap_in(build: str | Path, root: str | Path) -> None:
+    """Replace the corpus at ``root`` by the complete one at ``build``: the old one is moved aside, ``build`` renamed
+    onto ``root``, then the old one deleted. Until the first rename readers see the old corpus intact; a kill
+    between the renames is repaired by the next :func:`sweep_leftovers`."""
+    build, root = Path(build), Path(root)
+    old = build_folder(root, "old")
+    with naming_write_errors(root):
+        if root.exists():
+            os.replace(root, old)
+        try:
+            os.replace(build, root)
+        except OSError:
+            if old.exists():
+                os.replace(old, root)
+            raise
+    shutil.rmtree(old, ignore_errors=True)

@@ -77,7 +77,9 @@ class PATSDataModule(L.LightningDataModule):
     ``mask`` MaskConfig fields; ``stage1_features`` / ``stage2_features`` kwargs of
     :class:`~mmgt.data.audio_features.Stage1Features` / :class:`~mmgt.data.audio_features.Wav2VecFeatures`;
     ``synthetic`` ``{generate_if_missing, **ensure_corpus kwargs}`` or None; ``audio_context`` wav2vec window
-    radius (2 -> 5 frames); ``pose_margin`` / ``legacy_pose_norm`` the :class:`PoseNormalizer` settings.
+    radius (2 -> 5 frames); ``pose_margin`` / ``legacy_pose_norm`` the :class:`PoseNormalizer` settings;
+    ``manifest_wait_s`` how long a process that is not its node's rank 0 waits for rank 0 to write the synthetic
+    corpus before it fails naming the manifest (a dead or hung writer must not block a job for hours).
     """
 
     def __init__(
@@ -105,6 +107,7 @@ class PATSDataModule(L.LightningDataModule):
         pin_memory: bool = False,
         drop_last: bool = False,
         multiprocessing_context: str | None = None,
+        manifest_wait_s: float = 600.0,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -132,6 +135,7 @@ class PATSDataModule(L.LightningDataModule):
         self.pose_margin, self.legacy_pose_norm = float(pose_margin), bool(legacy_pose_norm)
         self.pin_memory, self.drop_last = bool(pin_memory), bool(drop_last)
         self.multiprocessing_context = multiprocessing_context
+        self.manifest_wait_s = float(manifest_wait_s)
         # plain types only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters({
             "root": str(self.root), "stage": stage, "window": self.window, "stride": self.stride,
@@ -142,7 +146,7 @@ class PATSDataModule(L.LightningDataModule):
             "synthetic": self.synthetic, "progress": self.progress, "val_stride": self.val_stride,
             "audio_context": self.audio_context, "pose_margin": self.pose_margin,
             "legacy_pose_norm": self.legacy_pose_norm, "pin_memory": self.pin_memory, "drop_last": self.drop_last,
-            "multiprocessing_context": multiprocessing_context,
+            "multiprocessing_context": multiprocessing_context, "manifest_wait_s": self.manifest_wait_s,
         })
         self.datasets: dict[str, WindowDataset] = {}
         self._corpus: Corpus | None = None
@@ -160,10 +164,17 @@ class PATSDataModule(L.LightningDataModule):
         """Generate the synthetic corpus if configured and missing (only the node's rank 0 writes it)."""
         if (self.root / MANIFEST).exists() or not (self.synthetic and self.synthetic.get("generate_if_missing")):
             return
-        if int(os.environ.get("LOCAL_RANK", "0")) != 0:  # another process of this node is writing it
-            deadline = time.monotonic() + 3600
-            while not (self.root / MANIFEST).exists() and time.monotonic() < deadline:
-                time.sleep(2.0)
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        if local_rank != 0:  # another process of this node is writing it
+            manifest, deadline = self.root / MANIFEST, time.monotonic() + self.manifest_wait_s
+            while not manifest.exists():
+                if time.monotonic() >= deadline:
+                    raise CorpusError(f"{manifest}: rank {os.environ.get('RANK', local_rank)} (local rank "
+                                      f"{local_rank}) waited {self.manifest_wait_s:g} s for its node's rank 0 to "
+                                      "write the synthetic corpus; it failed or is still writing (raise "
+                                      "data.manifest_wait_s, or build it first: python -m mmgt.prepare "
+                                      f"task=synthetic data.root={self.root})")
+                time.sleep(min(2.0, max(0.0, deadline - time.monotonic())))
             return
         from mmgt.data.synthetic import ensure_corpus
 

@@ -17,13 +17,27 @@ from __future__ import annotations
 
 import json
 import logging
+import shutil
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
 
-from mmgt.data.corpus import HOP, MANIFEST, ClipRecord, write_clip, write_manifest
-from mmgt.data.video_io import FPS, SAMPLE_RATE
+from mmgt.data.corpus import (
+    HOP,
+    MANIFEST,
+    ClipRecord,
+    build_folder,
+    clip_record,
+    naming_write_errors,
+    read_manifest,
+    swap_in,
+    sweep_leftovers,
+    write_clip,
+    write_manifest,
+    writer_lock,
+)
+from mmgt.data.video_io import FPS, SAMPLE_RATE, atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -289,12 +303,21 @@ class SyntheticSpec:
 
 def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: int = 10, seconds: float = 4.0,
                     size: int = 64, seed: int = 0, val_per_speaker: int = 1, test_per_speaker: int = 1,
-                    sway: float = 0.02, progress: bool = True) -> list[ClipRecord]:
+                    sway: float = 0.02, progress: bool = True, overwrite: bool = False,
+                    only_if_missing: bool = False) -> list[ClipRecord]:
     """Write a synthetic corpus at ``root``; the last clips of each speaker go to val/test.
 
     ``sway`` scales the slow whole-body sway (0.02: the figure stays almost in place; ~0.3: it drifts by a few
     percent of the frame, so later frames differ from frame 0 and "copy the reference frame" stops being a
-    near-perfect video model)."""
+    near-perfect video model).
+
+    Nothing is lost to a kill or a full disk: every file is written atomically, ``synthetic.json`` first (which
+    spec the clips belong to), the manifest last. A rerun with the same spec keeps every complete clip and writes
+    only the missing or partial ones. A corpus that is already there (``overwrite=True``, or another spec) is
+    rebuilt beside it (``<root>.new-<pid>``) and swapped in once complete, so readers never see a manifest that
+    lists missing clips. Leftovers of killed runs are swept first (:func:`mmgt.data.corpus.sweep_leftovers`, under
+    the corpus' writer lock). A failed write raises :class:`~mmgt.data.corpus.CorpusWriteError` naming the file.
+    ``only_if_missing``: return the corpus another writer finished while this one waited for the lock."""
     spec = SyntheticSpec(n_speakers, clips_per_speaker, seconds, size, seed, val_per_speaker, test_per_speaker, sway)
     if clips_per_speaker <= val_per_speaker + test_per_speaker:
         raise ValueError(f"clips_per_speaker={clips_per_speaker} leaves no training clips "
@@ -302,20 +325,62 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
     if size % 2:
         raise ValueError(f"size={size}: H.264 needs an even frame size")
     root = Path(root)
-    root.mkdir(parents=True, exist_ok=True)
-    n_frames = max(1, round(seconds * FPS))
-    jobs = [(s, c) for s in range(n_speakers) for c in range(clips_per_speaker)]
+    with writer_lock(root):
+        if only_if_missing and (root / MANIFEST).exists():
+            return read_manifest(root)
+        sweep_leftovers(root)
+        if not overwrite and _stored_spec(root) == asdict(spec):
+            return _write_clips(root, spec, progress)  # resume (or repair) in place
+        if not (root / MANIFEST).exists():  # nothing usable there yet: clips of another/unknown spec go
+            with naming_write_errors(root / "clips"):
+                shutil.rmtree(root / "clips", ignore_errors=True)
+                (root / META).unlink(missing_ok=True)
+            return _write_clips(root, spec, progress)
+        build = build_folder(root, "new")
+        try:
+            records = _write_clips(build, spec, progress)
+        except BaseException:
+            shutil.rmtree(build, ignore_errors=True)  # a full disk gets its space back
+            raise
+        swap_in(build, root)
+        return records
+
+
+def _stored_spec(root: Path) -> dict[str, object] | None:
+    """The spec recorded in ``synthetic.json`` (None when absent or unreadable: the clips can't be trusted)."""
+    try:
+        stored = json.loads((root / META).read_text())
+    except (OSError, ValueError):
+        return None
+    return stored if isinstance(stored, dict) else None
+
+
+def _write_clips(root: Path, spec: SyntheticSpec, progress: bool) -> list[ClipRecord]:
+    """Write ``spec``'s clips at ``root``, keeping the complete ones already there; the manifest last."""
     from tqdm.auto import tqdm
 
-    records = []
+    from mmgt.data.validate import check_clip
+
+    meta = json.dumps(asdict(spec), indent=2)
+    if _stored_spec(root) != asdict(spec):
+        with naming_write_errors(root / META), atomic_path(root / META) as tmp:
+            tmp.write_text(meta)
+    n_frames = max(1, round(spec.seconds * FPS))
+    c_val = spec.clips_per_speaker - spec.test_per_speaker - spec.val_per_speaker
+    records, written = [], 0
+    jobs = [(s, c) for s in range(spec.n_speakers) for c in range(spec.clips_per_speaker)]
     for s, c in tqdm(jobs, desc=f"synthetic corpus -> {root}", disable=not progress, unit="clip"):
-        split = ("test" if c >= clips_per_speaker - test_per_speaker else
-                 "val" if c >= clips_per_speaker - test_per_speaker - val_per_speaker else "train")
-        style = replace(speaker_style(s, seed), sway=sway)
-        frames, audio, kp = synth_sequence(n_frames, size, seed=[seed, s, c], style=style)
-        records.append(write_clip(root, f"spk{s}_{c:03d}", f"spk{s}", split, frames, audio, kp))
+        split = "test" if c >= spec.clips_per_speaker - spec.test_per_speaker else "val" if c >= c_val else "train"
+        rec = clip_record(f"spk{s}_{c:03d}", f"spk{s}", split, n_frames, spec.size, spec.size)
+        if (root / rec.keypoints).parent.is_dir() and not check_clip(root, rec):
+            records.append(rec)  # complete and valid: kept as is (mtimes, feature caches)
+            continue
+        style = replace(speaker_style(s, spec.seed), sway=spec.sway)
+        frames, audio, kp = synth_sequence(n_frames, spec.size, seed=[spec.seed, s, c], style=style)
+        records.append(write_clip(root, rec.clip_id, rec.speaker, split, frames, audio, kp))
+        written += 1
     write_manifest(root, records)
-    (root / META).write_text(json.dumps(asdict(spec), indent=2))
+    log.info("%s: %d clip(s) written, %d complete one(s) kept", root, written, len(records) - written)
     return records
 
 
@@ -332,5 +397,5 @@ def ensure_corpus(root: str | Path, progress: bool = True, **spec: object) -> Pa
                             "to regenerate)", root, stored, wanted)
         return root
     log.info("no corpus at %s: generating the synthetic corpus", root)
-    generate_corpus(root, progress=progress, **spec)  # type: ignore[arg-type]
+    generate_corpus(root, progress=progress, only_if_missing=True, **spec)  # type: ignore[arg-type]
     return root

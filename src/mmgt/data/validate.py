@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from mmgt.data.corpus import HOP, MANIFEST, SPLITS, ClipRecord, Corpus, CorpusError
+from mmgt.data.corpus import HOP, MANIFEST, SPLITS, ClipRecord, Corpus, CorpusError, leftovers
 from mmgt.data.video_io import FPS, SAMPLE_RATE, probe_video
 
 log = logging.getLogger(__name__)
@@ -32,13 +32,16 @@ class Fault:
         return f"{'ERROR' if self.fatal else 'WARNING'} {self.path}: {self.message}"
 
 
-def check_clip(corpus: Corpus, rec: ClipRecord, fps: float = FPS, sample_rate: int = SAMPLE_RATE,
+def check_clip(corpus: Corpus | str | Path, rec: ClipRecord, fps: float = FPS, sample_rate: int = SAMPLE_RATE,
                frame_tolerance: int = 1) -> list[Fault]:
-    """All faults of one clip (empty list = good). Decodes the whole video to count frames honestly."""
+    """All faults of one clip (empty list = good). Decodes the whole video to count frames honestly.
+
+    ``corpus`` may be just the corpus root: writers check a clip they may keep before any manifest lists it."""
     faults: list[Fault] = []
-    video, audio, kp_path = (corpus.path(rec, k) for k in ("video", "audio", "keypoints"))
+    root = corpus.root if isinstance(corpus, Corpus) else Path(corpus)
+    video, audio, kp_path = (root / getattr(rec, k) for k in ("video", "audio", "keypoints"))
     if abs(rec.fps - fps) > 1e-3:
-        faults.append(Fault(corpus.root / MANIFEST, f"clip {rec.clip_id}: manifest fps {rec.fps} != {fps}"))
+        faults.append(Fault(root / MANIFEST, f"clip {rec.clip_id}: manifest fps {rec.fps} != {fps}"))
     # keypoints
     n_kp = None
     if not kp_path.exists():
@@ -104,18 +107,30 @@ def check_clip(corpus: Corpus, rec: ClipRecord, fps: float = FPS, sample_rate: i
     return faults
 
 
+def leftover_faults(root: str | Path) -> list[Fault]:
+    """A warning per temp file or build folder an interrupted writer left (:func:`mmgt.data.corpus.leftovers`).
+
+    Warnings, not errors: the manifest only ever names final files, each complete (written atomically), so the
+    corpus trains correctly with them around; they only take disk space and say that a writer was killed (or is
+    running right now). The next writer run on the corpus removes them."""
+    return [Fault(p, f"{'build folder' if p.is_dir() else 'temp file'} left by an interrupted writer (the next "
+                     "`prepare` run removes it, or delete it)", fatal=False) for p in leftovers(root)]
+
+
 def validate_corpus(root: str | Path, workers: int | None = None, progress: bool = True,
                     required_splits: tuple[str, ...] = ("train", "val")) -> list[Fault]:
-    """Every fault of the corpus at ``root``: manifest-level first, then per clip (in manifest order)."""
+    """Every fault of the corpus at ``root``: manifest-level first, then per clip (in manifest order), then the
+    leftovers of interrupted writers."""
     root = Path(root)
+    left = leftover_faults(root)
     try:
         corpus = Corpus(root)
     except CorpusError as err:
-        return [Fault(root / MANIFEST, str(err).split(": ", 1)[-1])]
+        return [Fault(root / MANIFEST, str(err).split(": ", 1)[-1]), *left]
     manifest = root / MANIFEST
     faults: list[Fault] = []
     if not corpus.records:
-        return [Fault(manifest, "no clips")]
+        return [Fault(manifest, "no clips"), *left]
     for clip_id, n in Counter(r.clip_id for r in corpus.records).items():
         if n > 1:
             faults.append(Fault(manifest, f"duplicate clip_id {clip_id!r} ({n} rows)"))
@@ -133,7 +148,7 @@ def validate_corpus(root: str | Path, workers: int | None = None, progress: bool
         for clip_faults in tqdm(results, total=len(corpus.records), desc=f"validating {root}", unit="clip",
                                 disable=not progress):
             faults.extend(clip_faults)
-    return faults
+    return faults + left
 
 
 def report(root: str | Path, faults: list[Fault], n_clips: int | None = None) -> int:
