@@ -34,14 +34,15 @@ from mmgt.utils.paths import CONF_DIR
 REPO = Path(__file__).resolve().parents[1]
 SPEC = dict(n_speakers=1, clips_per_speaker=4, seconds=1.0, size=32)
 
-# Runs generate_corpus and SIGKILLs itself inside the N-th audio write, after the temp file was created: what a
-# kill, OOM or power cut does to a real writer (no finally block runs).
+# `prepare task=synthetic` (mmgt.data.prepare.run) that SIGKILLs itself inside the N-th audio write, after the temp
+# file was created: what a kill, OOM or power cut does to a real writer (no finally block runs).
 KILLER = """
 import json, os, signal, sys
+from omegaconf import OmegaConf
 import mmgt.data.corpus as corpus
-from mmgt.data.synthetic import generate_corpus
+from mmgt.data.prepare import run
 
-root, kill_at, kwargs = sys.argv[1], int(sys.argv[2]), json.loads(sys.argv[3])
+root, kill_at, overwrite, spec = sys.argv[1], int(sys.argv[2]), sys.argv[3] == "1", json.loads(sys.argv[4])
 real, calls = corpus.write_audio, [0]
 
 def write_audio(path, audio, *args, **kw):
@@ -53,14 +54,15 @@ def write_audio(path, audio, *args, **kw):
     return real(path, audio, *args, **kw)
 
 corpus.write_audio = write_audio
-generate_corpus(root, progress=False, **kwargs)
+run(OmegaConf.create({"task": "synthetic", "overwrite": overwrite, "progress": False,
+                      "data": {"root": root, "synthetic": spec}}))
 """
 
 
-def _killed_writer(root: Path, kill_at: int, **kwargs: object) -> None:
+def _killed_writer(root: Path, kill_at: int, overwrite: bool = False, **spec: object) -> None:
     env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
-    res = subprocess.run([sys.executable, "-c", KILLER, str(root), str(kill_at), json.dumps(kwargs)], cwd=REPO,
-                         env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run([sys.executable, "-c", KILLER, str(root), str(kill_at), str(int(overwrite)),
+                          json.dumps(spec)], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
     assert res.returncode == -9, res.stdout + res.stderr
 
 

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -91,6 +94,45 @@ def test_two_simulated_nodes(synthetic_corpus: Path, tmp_path: Path) -> None:
     r0, r1 = _records(tmp_path, 2)
     assert (r0["node_rank"], r1["node_rank"]) == (0, 1) and r0["world_size"] == 2
     assert r0["global_step"] == r1["global_step"] == 3 and r0["weights"] == r1["weights"]
+
+
+def test_hung_rank_ends_the_job_within_the_timeout(synthetic_corpus: Path, tmp_path: Path) -> None:
+    """A rank that stops answering (SIGSTOP: what a deadlock or a stuck filesystem looks like to the others) makes
+    the other rank fail after ``trainer.strategy.timeout.seconds`` instead of torch's default 30 min. Two
+    single-process "nodes", so the test holds the pid of the rank it stops."""
+    timeout, port = 30, str(_free_port())
+    overrides = [*_overrides(synthetic_corpus), "trainer=ddp_cpu", "trainer.devices=1", "trainer.num_nodes=2",
+                 "trainer.max_steps=100000", f"trainer.strategy.timeout.seconds={timeout}"]
+    procs = [_run_probe(tmp_path / f"node{n}", overrides, _env(MASTER_ADDR="127.0.0.1", MASTER_PORT=port,
+                                                                NODE_RANK=str(n))) for n in (0, 1)]
+    logs: list[list[str]] = [[], []]
+    readers = [threading.Thread(target=lambda p=p, log=log: log.extend(p.stdout), daemon=True)  # drain both pipes
+               for p, log in zip(procs, logs, strict=True)]
+    for r in readers:
+        r.start()
+    try:
+        deadline = time.monotonic() + 300
+        while not any("All distributed processes registered" in line for line in list(logs[0])):
+            assert procs[0].poll() is None and time.monotonic() < deadline, "".join(logs[0])[-4000:]
+            time.sleep(0.5)
+        time.sleep(5)  # training is under way
+        assert procs[0].poll() is None, "".join(logs[0])[-4000:]
+        os.kill(procs[1].pid, signal.SIGSTOP)
+        stopped = time.monotonic()
+        try:
+            procs[0].wait(timeout=timeout + 60)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"rank 0 still waiting {timeout + 60} s after rank 1 hung")
+        elapsed = time.monotonic() - stopped
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    readers[0].join(10)
+    out = "".join(logs[0])
+    assert procs[0].returncode != 0 and "Timed out" in out, out[-4000:]
+    assert timeout / 2 <= elapsed <= timeout + 30, elapsed
+    print(f"rank 0 ended {elapsed:.1f} s after rank 1 hung (timeout {timeout} s)")
 
 
 def test_sweep_2x2_separate_runs_and_report(synthetic_corpus: Path, tmp_path: Path) -> None:
