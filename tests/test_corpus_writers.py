@@ -117,6 +117,17 @@ def test_interrupted_overwrite_leaves_old_corpus_whole(tmp_path: Path) -> None:
     assert leftovers(root) == [] and validate_corpus(root, progress=False) == []
 
 
+def test_corpus_files_follow_the_umask(tmp_path: Path) -> None:
+    """Others on a shared folder can read a corpus: every file gets the umask's bits, not mkstemp's 0600."""
+    old = os.umask(0o027)
+    try:
+        generate_corpus(tmp_path / "syn", progress=False, **SPEC)
+    finally:
+        os.umask(old)
+    modes = {p.stat().st_mode & 0o777 for p in (tmp_path / "syn").rglob("*") if p.is_file()}
+    assert modes == {0o640}
+
+
 def test_validate_flags_leftovers_and_writers_sweep_them(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     root = tmp_path / "syn"
     generate_corpus(root, progress=False, **SPEC)
