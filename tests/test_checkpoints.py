@@ -86,6 +86,18 @@ def test_crafted_ckpt_targets_build_nothing(modules, tmp_path, kind, where) -> N
     assert not marker.exists()
 
 
+def test_crafted_class_path_is_not_imported(modules, tmp_path) -> None:
+    """`attention.module` names a class: a path outside mmgt's components is refused before any import."""
+    from mmgt.inference import load_stage
+
+    hp = json.loads(json.dumps(dict(modules["video"].hparams), default=list))
+    hp["attention"]["module"] = "antigravity.Fly"  # importing `antigravity` alone runs code (opens a browser)
+    path = _save(modules["video"], tmp_path / "evil.ckpt", hp)
+    with pytest.raises(CheckpointError, match=r"attention\.module.*antigravity"):
+        load_stage(path, "video")
+    assert "antigravity" not in __import__("sys").modules
+
+
 def test_crafted_export_metadata_builds_nothing(modules, tmp_path) -> None:
     from safetensors.torch import save_file
 

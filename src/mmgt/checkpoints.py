@@ -76,6 +76,10 @@ def check_stored_config(cfg: Any, path: str | Path, where: str = "hyper_paramete
     class. Raises :class:`CheckpointError` naming the file and the first offending key."""
     if isinstance(cfg, Mapping):
         for k, v in cfg.items():
+            # `module` names a class too (attention.module): a short name, or a dotted path like a target
+            if k == "module" and isinstance(v, str) and "." in v and not _safe_target(v):
+                raise CheckpointError(f"{path}: stored setting `{where}.module` = {v!r} is not an mmgt component "
+                                      "class; stored hyper-parameters are data and may not name code to run")
             if k == "_target_" and not _safe_target(v):
                 raise CheckpointError(f"{path}: stored setting `{where}._target_` = {v!r} is not an mmgt component "
                                       "or optimiser class; stored hyper-parameters are data and may not name code "
@@ -340,6 +344,11 @@ def net_state(path: str | Path, prefer_ema: bool = True, key: str = "model.init_
         sd: dict[str, Any] = load_file(str(p))
     else:
         sd = load_torch(p)
+    keys = [str(k) for k in (sd.get("ema_state_dict") or sd if isinstance(sd, Mapping) else {})]
+    if any(k.startswith(("audioproj.", "seqTransDecoder.")) or ".temporal_transformer." in k for k in keys):
+        raise CheckpointError(f"{p} is a released MMGT checkpoint (official names); convert it first: python -m "
+                              "mmgt.convert source=official smga=<stage-1 .pt> video=<net-*.pth> out=<dir>, then "
+                              f"`{key}=<dir>/smga.safetensors` or `<dir>/video.safetensors`")
     ema = {}
     if isinstance(sd, Mapping) and "state_dict" in sd:
         full = sd["state_dict"]

@@ -73,7 +73,10 @@ SD_VAE_CONFIG: dict[str, Any] = dict(
 
 
 def build_codec(cfg: dict, key: str = "size.video.codec", load_weights: bool = True) -> nn.Module:
-    """``{type: pixel, factor, scale}`` or ``{type: vae, path, scaling_factor}`` -> codec module."""
+    """``{type: pixel, factor, scale}`` or ``{type: vae, path, scaling_factor[, config]}`` -> codec module.
+
+    Without weights (``load_weights=False``: the weights come from a checkpoint) the VAE is built from ``config``
+    (the architecture recorded with an export), else the SD-1.5 layout."""
     kind = cfg.get("type", "pixel")
     if kind == "pixel":
         return PixelCodec(factor=int(cfg.get("factor", 4)), scale=float(cfg.get("scale", 1.0)))
@@ -81,7 +84,7 @@ def build_codec(cfg: dict, key: str = "size.video.codec", load_weights: bool = T
         from diffusers import AutoencoderKL
 
         if not load_weights:
-            return VAECodec(AutoencoderKL(**SD_VAE_CONFIG), cfg.get("scaling_factor"))
+            return VAECodec(AutoencoderKL(**dict(cfg.get("config") or SD_VAE_CONFIG)), cfg.get("scaling_factor"))
         path = require(cfg.get("path"), f"{key}.path", "vae", files=("config.json",))
         return VAECodec(AutoencoderKL.from_pretrained(str(path), local_files_only=True), cfg.get("scaling_factor"))
     raise ValueError(f"{key}.type must be 'pixel' or 'vae', got {kind!r}")

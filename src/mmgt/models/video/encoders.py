@@ -69,7 +69,9 @@ CLIP_L14_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_attention_h
 
 def build_image_encoder(cfg: dict, dim: int, key: str = "size.video.image_encoder",
                         load_weights: bool = True) -> nn.Module:
-    """``{type: conv, channels}`` or ``{type: clip, path}``; ``dim`` is the UNets' cross-attention width."""
+    """``{type: conv, channels}`` or ``{type: clip, path[, config]}``; ``dim`` is the UNets' cross-attention width.
+
+    Without weights the CLIP encoder is built from ``config`` (recorded with an export), else the ViT-L/14 layout."""
     kind = cfg.get("type", "conv")
     if kind == "conv":
         return ConvImageEncoder(dim, tuple(cfg.get("channels", (16, 32, 64))))
@@ -80,7 +82,7 @@ def build_image_encoder(cfg: dict, dim: int, key: str = "size.video.image_encode
             path = require(cfg.get("path"), f"{key}.path", "image_encoder", files=("config.json",))
             model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
         else:
-            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**CLIP_L14_CONFIG))
+            model = CLIPVisionModelWithProjection(CLIPVisionConfig(**dict(cfg.get("config") or CLIP_L14_CONFIG)))
         enc = CLIPImageEncoder(model)
         if enc.dim != dim:
             raise ValueError(f"{key}: CLIP projection_dim {enc.dim} != UNet cross_attention_dim {dim}")
