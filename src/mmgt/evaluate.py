@@ -106,10 +106,12 @@ def load_pair(name: str, gen: Path, ref: Path, ext: str, notes: list[str]):
 
 
 def write_reports(out_dir: Path, metrics: dict[str, float], info: dict, tensorboard: bool) -> None:
-    out_dir.mkdir(parents=True, exist_ok=True)
+    from mmgt.data.video_io import atomic_path
+
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
-    (out_dir / "metrics.json").write_text(json.dumps({"metrics": clean, **info}, indent=2))
-    with open(out_dir / "metrics.csv", "w", newline="") as f:
+    with atomic_path(out_dir / "metrics.json") as tmp:
+        tmp.write_text(json.dumps({"metrics": clean, **info}, indent=2))
+    with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", "value"])
         for k, v in metrics.items():
@@ -126,8 +128,10 @@ def write_reports(out_dir: Path, metrics: dict[str, float], info: dict, tensorbo
 
 def write_per_video(path: Path, rows: list[dict]) -> None:
     """One row per video pair: frames and the per-video metrics (FVD is a set-level metric: not here)."""
+    from mmgt.data.video_io import atomic_path
+
     columns = list(dict.fromkeys(k for row in rows for k in row))
-    with open(path, "w", newline="") as f:
+    with atomic_path(path) as tmp, open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=columns)
         w.writeheader()
         w.writerows(rows)

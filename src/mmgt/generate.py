@@ -28,6 +28,8 @@ def main(cfg: DictConfig) -> None:
         run(plain)
     except GenerationError as err:
         sys.exit(f"mmgt.generate: {err}")
+    except OSError as err:  # disk full, permission denied: no partial file is left (atomic writes)
+        sys.exit(f"mmgt.generate: cannot write {err.filename or 'the output'}: {err.strerror or err}")
 
 
 if __name__ == "__main__":

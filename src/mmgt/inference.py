@@ -526,12 +526,15 @@ class GesturePipeline:
             raise GenerationError(f"clip_id={clip_id} (data.root={root}): {err}") from err
         result = self.generate(image, corpus.path(rec, "audio") if audio is None else audio, out,
                                keypoints=keypoints, estimator=estimator, **kwargs)
-        if reference_dir is not None:
+        if reference_dir is not None:  # each copy complete or absent (a full disk leaves no truncated file)
+            from mmgt.data.video_io import atomic_path
+
             ref = Path(reference_dir)
-            ref.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(corpus.path(rec, "video"), ref / f"{clip_id}.mp4")
-            shutil.copyfile(corpus.path(rec, "audio"), ref / f"{clip_id}.wav")
-            np.save(ref / f"{clip_id}.npy", kp)
+            for kind, suffix in (("video", ".mp4"), ("audio", ".wav")):
+                with atomic_path(ref / f"{clip_id}{suffix}") as tmp:
+                    shutil.copyfile(corpus.path(rec, kind), tmp)
+            with atomic_path(ref / f"{clip_id}.npy") as tmp, tmp.open("wb") as fh:
+                np.save(fh, kp)
         return result
 
 
@@ -572,8 +575,10 @@ def _append_report(path: Path, res: GenerationResult) -> None:
                  "frames_per_second": res.frames_per_second, "seconds": res.seconds,
                  "pose_video": str(res.pose_video) if res.pose_video else None,
                  "side_by_side": str(res.side_by_side) if res.side_by_side else None})
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(rows, indent=2))
+    from mmgt.data.video_io import atomic_path
+
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(rows, indent=2))
 
 
 def run(cfg: Any, echo: Callable[[str], None] = print) -> list[GenerationResult]:
