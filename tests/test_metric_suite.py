@@ -177,10 +177,12 @@ def _poses(seed: int, b: int = 4, n: int = 40) -> dict[str, torch.Tensor]:
 
 
 def test_gesture_suite_from_the_config_group_equals_the_metrics(tmp_path: Path) -> None:
+    # stage 1 reads the group's gesture option at model.metrics (conf/model/smga.yaml: `/metrics@metrics: gesture`,
+    # appended here while that file still has its own block); the root `metrics` stays stage 2's video suite
+    listed = "/metrics@metrics" in str(OmegaConf.load(Path(CONF_DIR) / "model" / "smga.yaml").get("defaults"))
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        # stage 1 reads the group's gesture option at model.metrics; the root `metrics` stays stage 2's video suite
-        cfg = compose("train", overrides=["+metrics@model.metrics=gesture", "model.metrics.feature_dim=16",
-                                          f"paths.root_dir={tmp_path}"])
+        cfg = compose("train", overrides=[f"{'' if listed else '+'}metrics@model.metrics=gesture",
+                                          "model.metrics.feature_dim=16", f"paths.root_dir={tmp_path}"])
     assert cfg.metrics._target_ == "mmgt.metrics.MetricSuite"
     suite = build_suite(cfg.model.metrics, GestureSuite)
     legacy = build_suite({"feature_dim": 16, "beat_sigma": 3.0}, GestureSuite)  # hparams of older checkpoints
