@@ -11,6 +11,7 @@ Every output is written atomically after the whole conversion succeeded: a bad i
 
 from __future__ import annotations
 
+import inspect
 import json
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -63,8 +64,8 @@ def _folder_config(path: str, cls: str) -> dict[str, Any]:
         from diffusers import AutoencoderKL
 
         cfg = dict(AutoencoderKL.load_config(path))
-        keep = set(AutoencoderKL.__init__.__code__.co_varnames)
-        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in keep and k != "self"}
+        keep = set(inspect.signature(AutoencoderKL.__init__).parameters) - {"self"}
+        return {k: (list(v) if isinstance(v, tuple) else v) for k, v in cfg.items() if k in keep}
     from transformers import CLIPVisionConfig
 
     full = CLIPVisionConfig.from_pretrained(path).to_dict()
