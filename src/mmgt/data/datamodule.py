@@ -3,7 +3,10 @@
 ``stage="smga"`` serves stage-1 pose windows, ``stage="video"`` stage-2 video windows, cut from the same clips
 by the same rules (:mod:`mmgt.data.datasets`). ``prepare_data`` (rank 0 of each node) generates the synthetic
 corpus when asked to and it is missing, and computes/refreshes the feature cache the stage needs; ``setup`` only
-reads, so every DDP rank sees the same files and Lightning's default ``DistributedSampler`` shards the windows.
+reads, so every DDP rank sees the same files. Training windows are sharded over the ranks by a
+:class:`~mmgt.data.sampling.ResumableSampler` (a ``DistributedSampler`` whose order depends on (seed, epoch) only
+and whose position is saved in checkpoints: a resumed run serves the batches the uninterrupted one would have);
+evaluation loaders are sequential and Lightning's ``DistributedSampler`` shards them.
 
 Everything a model must know about the data (feature sizes, frame size, speakers, mask branches) comes from
 :meth:`PATSDataModule.info` as a plain dict, so models never import this module.
@@ -25,6 +28,7 @@ from torch.utils.data import DataLoader
 from mmgt.data.audio_features import Stage1Features, Wav2VecFeatures, ensure_feature_cache, feature_cache_path
 from mmgt.data.corpus import HOP, MANIFEST, SAMPLE_RATE, ClipRecord, Corpus, CorpusError
 from mmgt.data.datasets import PoseWindowDataset, VideoWindowDataset, WindowDataset, collate_windows
+from mmgt.data.sampling import ResumableDataLoader, ResumableSampler, SeededItems
 from mmgt.pose.layout import PoseNormalizer
 from mmgt.pose.masks import MaskConfig, RegionMaskBuilder
 from mmgt.utils.config import to_plain
@@ -346,17 +350,27 @@ class PATSDataModule(L.LightningDataModule):
                 raise CorpusError(f"{self.root}: the train split has no usable {ds.length}-frame windows")
             return []
         workers = self.num_workers
-        return DataLoader(
-            ds,
-            batch_size=self.batch_size if train else self.val_batch_size,
-            shuffle=train,
-            drop_last=train and self.drop_last,
-            num_workers=workers,
-            collate_fn=collate_windows,
-            pin_memory=self.pin_memory,
-            persistent_workers=workers > 0,
-            multiprocessing_context=self.multiprocessing_context if workers > 0 else None,
-        )
+        common = dict(num_workers=workers, collate_fn=collate_windows, pin_memory=self.pin_memory,
+                      persistent_workers=workers > 0,
+                      multiprocessing_context=self.multiprocessing_context if workers > 0 else None)
+        if not train:
+            return DataLoader(ds, batch_size=self.val_batch_size, shuffle=False, **common)
+        # a resumed run serves exactly the batches the uninterrupted one would have (mmgt.data.sampling)
+        world, rank = self._shard()
+        sampler = ResumableSampler(ds, num_replicas=world, rank=rank, shuffle=True,
+                                   seed=int(os.environ.get("PL_GLOBAL_SEED", "0")))
+        return ResumableDataLoader(SeededItems(ds), sampler=sampler, batch_size=self.batch_size,
+                                   drop_last=self.drop_last, **common)
+
+    def _shard(self) -> tuple[int, int]:
+        """(world size, rank) the training sampler shards over: the trainer's, unless it runs without a
+        distributed sampler (``use_distributed_sampler=False``: every rank sees every window)."""
+        trainer = self.trainer
+        if trainer is None or not getattr(trainer._accelerator_connector, "use_distributed_sampler", True):
+            return 1, 0
+        kwargs = trainer.distributed_sampler_kwargs or {}
+        return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
+
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -31,6 +31,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel
 
 from mmgt import checkpoints
+from mmgt.lit.resume import ResumableTraining
 from mmgt.losses.smga import SMGALoss
 from mmgt.metrics.gesture import GestureMetrics
 from mmgt.models.gesture_diffusion import GestureDiffusion
@@ -64,7 +65,7 @@ def ema_multi_avg_fn(decay: float, warmup: bool):  # type: ignore[no-untyped-def
     return fn
 
 
-class SMGAModule(L.LightningModule):
+class SMGAModule(ResumableTraining, L.LightningModule):
     """Stage-1 training/validation/sampling around a :class:`GestureDecoder`."""
 
     def __init__(self, net: Any, loss: Any = None, optim: Any = None, scheduler: Any = None, sampling: Any = None,
@@ -93,7 +94,6 @@ class SMGAModule(L.LightningModule):
             avg = ema_multi_avg_fn(float(hp.ema["decay"]), bool(hp.ema["warmup"]))
             self.ema = AveragedModel(self.net, multi_avg_fn=avg)
             self.ema.requires_grad_(False)
-        self._ema_step = -1
         self.val_metrics = GestureMetrics(**{k: v for k, v in hp.metrics.items() if k in ("feature_dim",
                                                                                         "beat_sigma", "hop")})
         norm = info.get("normalizer") or {}
@@ -107,6 +107,7 @@ class SMGAModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoints.stamp(checkpoint, "smga")
+        super().on_save_checkpoint(checkpoint)  # the training seed (mmgt.lit.resume)
 
     def inference_view(self) -> SMGAModule:
         """Put the EMA weights into ``net`` and drop the average: the module as generation and exports use it."""
@@ -145,15 +146,11 @@ class SMGAModule(L.LightningModule):
         self.log_dict({f"train/{k}": v.detach() for k, v in terms.items() if k != "loss"}, batch_size=bs)
         return terms["loss"]
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        # once per optimizer step (gradient accumulation runs several batches per step)
-        if self.global_step != self._ema_step:
-            self.update_ema()
-            self._ema_step = self.global_step
-
     def update_ema(self) -> None:
         """Fold the current weights into the EMA copy (no-op without EMA); ``AveragedModel`` copies buffers (the
-        audio BatchNorm's running statistics) instead of averaging them."""
+        audio BatchNorm's running statistics) instead of averaging them. Called by
+        :class:`~mmgt.lit.resume.ResumableTraining` right after each optimiser step that changed the weights, so the
+        checkpoint of that step holds it."""
         if self.ema is not None:
             self.ema.update_parameters(self.net)
 

@@ -38,6 +38,7 @@ from torch import nn
 
 from mmgt import checkpoints
 from mmgt.data.corpus import HOP
+from mmgt.lit.resume import ResumableTraining
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
 from mmgt.utils.config import to_plain
 
@@ -124,7 +125,7 @@ def mask_video(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     return torch.nn.functional.interpolate(rgb, size=size, mode="nearest")
 
 
-class VideoModule(L.LightningModule):
+class VideoModule(ResumableTraining, L.LightningModule):
     """Stage-2 video diffusion (MM-HAA) — sub-stage ``a`` or ``b``; see the module docstring.
 
     Args (``conf/model/video.yaml``; sub-configs arrive as DictConfigs or dicts):
@@ -181,7 +182,7 @@ class VideoModule(L.LightningModule):
         n_branches = int(att.get("n_branches") or info.get("num_branches") or 3)
         self.net = VideoNet(hp["net"], audio_shape if att_type != "none" else None, att_type,
                             att.get("blocks", ["down"]), n_branches, load_weights=hp["load_weights"],
-                            key="size.video")
+                            key="size.video", attention_module=att.get("module"))
         self.branch_weights = att.get("branch_weights")
         if self.branch_weights is not None and len(self.branch_weights) != self.net.n_branches:
             raise ValueError(f"attention.branch_weights has {len(self.branch_weights)} values, the model has "
@@ -321,7 +322,10 @@ class VideoModule(L.LightningModule):
         self.log("train/mse", parts["mse"], batch_size=b)
         return loss
 
-    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+    def update_ema(self) -> None:
+        """Fold the trainable parameters into the EMA (no-op without one); called by
+        :class:`~mmgt.lit.resume.ResumableTraining` once per optimiser step that changed them, before the
+        checkpoint of that step is written."""
         if self.ema is not None:
             self.ema.update([p for _, p in self._trainable_params()])
 
@@ -330,7 +334,8 @@ class VideoModule(L.LightningModule):
         s = {**self.hparams.sampling, **overrides}
         return VideoSampler(self.net, self.scheduler, steps=int(s.get("steps", 30)),
                             guidance=float(s.get("guidance", 3.5)), context_frames=int(s.get("context_frames", 12)),
-                            context_overlap=int(s.get("context_overlap", 4)), eta=float(s.get("eta", 0.0)))
+                            context_overlap=int(s.get("context_overlap", 4)), eta=float(s.get("eta", 0.0)),
+                            beta_schedule=s.get("beta_schedule"))
 
     def sample_branch_weights(self) -> list[float] | None:
         bw = self.hparams.sampling.get("branch_weights")
@@ -421,6 +426,7 @@ class VideoModule(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoints.stamp(checkpoint, "video", substage=self.substage)
+        super().on_save_checkpoint(checkpoint)  # the training seed (mmgt.lit.resume)
 
     def inference_view(self) -> VideoModule:
         """Copy the EMA averages into the trainable parameters and drop the EMA: the module as generation and
