@@ -75,8 +75,13 @@ class ToyLoudness(SuiteMetric):
         self.add_state("clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
 
     def update(self, generated: torch.Tensor, audio: torch.Tensor) -> None:
-        self.total += audio.abs().double().mean(1).sum()
+        per_clip = audio.abs().double().mean(1)
+        self.last = per_clip.tolist()
+        self.total += per_clip.sum()
         self.clips += audio.shape[0]
+
+    def per_clip(self) -> dict[str, list[float]]:
+        return {self.names()[0]: list(self.last)}
 
     def compute(self) -> torch.Tensor:
         return self.total / self.clips
@@ -152,6 +157,10 @@ def test_declared_inputs_decide_what_each_member_gets() -> None:
         suite.update(gen, ref)
     out = suite.compute()
     assert math.isnan(out["toy_loudness"]) and out["psnr"] > 0  # skipped, and said so; the others updated
+    suite.update(gen, ref, audio=audio)
+    assert list(suite.last_per_clip()) == ["psnr", "toy_loudness"]
+    suite.update(gen, ref)
+    assert list(suite.last_per_clip()) == ["psnr"]  # per-clip rows of that call only, no stale ones of the skipped
     suite.reset()
     suite.update(gen, ref, audio=audio)
     assert suite.compute()["toy_loudness"] == pytest.approx(float(audio.abs().double().mean()), rel=1e-9)

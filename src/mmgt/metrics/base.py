@@ -44,6 +44,8 @@ class SuiteMetric(Metric):
     * ``settings``: suite-level settings the constructor takes by keyword of the same name (e.g. ``input_range``,
       ``allow_random_weights``); an entry's own value wins.
     * ``weights_key``: the entry of the suite's ``weights`` mapping given as the first constructor argument.
+
+    ``compute`` must also work on no data (return ``nan``): under DDP every rank computes every member.
     """
 
     name: ClassVar[str] = ""
@@ -124,6 +126,7 @@ class Suite(nn.Module):
                 self.metrics[key] = member
         self._check()
         self._warned: set[str] = set()
+        self._latest: list[str] = []  # members the latest update reached
         self.update_count = 0
 
     # ------------------------------------------------------------------------------------------- building
@@ -183,6 +186,7 @@ class Suite(nn.Module):
             raise TypeError(f"{type(self).__name__}.update got {unknown}; it takes generated, reference"
                             + "".join(f", {a}" for a in self.arguments))
         given = {"generated": generated, "reference": reference, **inputs}
+        self._latest = []
         for key, m in self.metrics.items():
             missing = [i for i in m.inputs if given.get(i) is None]
             if missing:
@@ -192,6 +196,7 @@ class Suite(nn.Module):
                     self._warned.add(key)
                 continue
             m.update(*(given[i] for i in m.inputs), **{k: given.get(k) for k in getattr(m, "optional_inputs", ())})
+            self._latest.append(key)
         self.update_count += 1
 
     def compute(self) -> dict[str, float]:
@@ -211,10 +216,11 @@ class Suite(nn.Module):
         return out
 
     def last_per_clip(self) -> dict[str, list[float]]:
-        """Per-clip values of the latest :meth:`update` (set-level metrics such as FVD have none), same names."""
+        """Per-clip values of the latest :meth:`update` (set-level metrics such as FVD have none; a member that call
+        skipped has none either, rather than the clips before), same names."""
         out: dict[str, list[float]] = {}
-        for m in self.metrics.values():
-            out.update(m.per_clip())
+        for key in self._latest:
+            out.update(self.metrics[key].per_clip())
         return out
 
     def reset(self) -> None:
