@@ -35,12 +35,13 @@ class ConvImageEncoder(nn.Module):
 
 
 class CLIPImageEncoder(nn.Module):
-    """Frozen ``CLIPVisionModelWithProjection``; resizes the short side to 224, centre-crops, CLIP-normalises."""
+    """Frozen ``CLIPVisionModelWithProjection``; resizes the short side to the model's input size (224 for
+    ViT-L/14), centre-crops, CLIP-normalises."""
 
-    def __init__(self, model: nn.Module, size: int = 224) -> None:
+    def __init__(self, model: nn.Module, size: int | None = None) -> None:
         super().__init__()
         self.model = model.eval().requires_grad_(False)
-        self.size = size
+        self.size = int(size or model.config.image_size)  # 224 for ViT-L/14
         self.dim = int(model.config.projection_dim)
         self.register_buffer("mean", torch.tensor(CLIP_MEAN).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("std", torch.tensor(CLIP_STD).view(1, 3, 1, 1), persistent=False)
