@@ -57,7 +57,7 @@ def _resolve_class(target: str) -> Any:
         return None
 
 
-def _safe_target(target: Any) -> bool:
+def safe_target(target: Any) -> bool:
     if not isinstance(target, str):
         return False
     if _MMGT_TARGET.match(target):
@@ -77,10 +77,10 @@ def check_stored_config(cfg: Any, path: str | Path, where: str = "hyper_paramete
     if isinstance(cfg, Mapping):
         for k, v in cfg.items():
             # `module` names a class too (attention.module): a short name, or a dotted path like a target
-            if k == "module" and isinstance(v, str) and "." in v and not _safe_target(v):
+            if k == "module" and isinstance(v, str) and "." in v and not safe_target(v):
                 raise CheckpointError(f"{path}: stored setting `{where}.module` = {v!r} is not an mmgt component "
                                       "class; stored hyper-parameters are data and may not name code to run")
-            if k == "_target_" and not _safe_target(v):
+            if k == "_target_" and not safe_target(v):
                 raise CheckpointError(f"{path}: stored setting `{where}._target_` = {v!r} is not an mmgt component "
                                       "or optimiser class; stored hyper-parameters are data and may not name code "
                                       "to run (refusing to build anything from this file)")
