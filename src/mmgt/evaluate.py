@@ -153,8 +153,9 @@ def print_table(metrics: dict[str, float], n_pairs: int) -> None:
 def evaluate_folders(cfg: DictConfig) -> int:
     """Mode (a). Returns the process exit code."""
     import torch
-    from hydra.utils import instantiate
     from tqdm import tqdm
+
+    from mmgt.metrics import MetricSuite, build_suite
 
     pairing = match_folders(cfg.generated, cfg.reference)
     if pairing.only_generated or pairing.only_reference:
@@ -169,7 +170,7 @@ def evaluate_folders(cfg: DictConfig) -> int:
         return 1
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
-    suite = instantiate(cfg.metrics, _convert_="all").to(device)
+    suite = build_suite(cfg.metrics, MetricSuite).to(device)
     notes: list[str] = []
     rows: list[dict] = []
     for name, gen, ref in tqdm(pairing.pairs, desc="evaluate", unit="video"):

@@ -29,6 +29,7 @@ from mmgt.data.audio_features import Stage1Features, Wav2VecFeatures, ensure_fea
 from mmgt.data.corpus import HOP, MANIFEST, SAMPLE_RATE, ClipRecord, Corpus, CorpusError
 from mmgt.data.datasets import PoseWindowDataset, VideoWindowDataset, WindowDataset, collate_windows
 from mmgt.data.sampling import ResumableDataLoader, ResumableSampler, SeededItems
+from mmgt.pose.conditioning import ConditionProcessor
 from mmgt.pose.layout import PoseNormalizer
 from mmgt.pose.masks import MaskConfig, RegionMaskBuilder
 from mmgt.utils.config import to_plain
@@ -112,6 +113,7 @@ class PATSDataModule(L.LightningDataModule):
         drop_last: bool = False,
         multiprocessing_context: str | None = None,
         manifest_wait_s: float = 600.0,
+        pose_render: Mapping[str, Any] | None = None,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -140,6 +142,7 @@ class PATSDataModule(L.LightningDataModule):
         self.pin_memory, self.drop_last = bool(pin_memory), bool(drop_last)
         self.multiprocessing_context = multiprocessing_context
         self.manifest_wait_s = float(manifest_wait_s)
+        self.pose_render = _plain_dict(pose_render, "pose_render") or {}
         # plain types only: checkpoints must load with torch.load(weights_only=True)
         self.save_hyperparameters({
             "root": str(self.root), "stage": stage, "window": self.window, "stride": self.stride,
@@ -151,6 +154,7 @@ class PATSDataModule(L.LightningDataModule):
             "audio_context": self.audio_context, "pose_margin": self.pose_margin,
             "legacy_pose_norm": self.legacy_pose_norm, "pin_memory": self.pin_memory, "drop_last": self.drop_last,
             "multiprocessing_context": multiprocessing_context, "manifest_wait_s": self.manifest_wait_s,
+            "pose_render": self.pose_render,
         })
         self.datasets: dict[str, WindowDataset] = {}
         self._corpus: Corpus | None = None
@@ -286,6 +290,7 @@ class PATSDataModule(L.LightningDataModule):
             out["mask_branches"] = list(self.mask_builder.branch_names)
             out["num_branches"] = self.mask_builder.num_branches
             out["mask"] = self.mask_builder.cfg.to_dict()
+            out["pose_render"] = dict(self.pose_render)
         return out
 
     # ------------------------------------------------------------------------------------------ lightning
@@ -334,9 +339,10 @@ class PATSDataModule(L.LightningDataModule):
                                                   pose_margin=self.pose_margin,
                                                   legacy_pose_norm=self.legacy_pose_norm, **common)
         else:
+            conditions = ConditionProcessor(self.mask_builder, self.latent_downsample, self.mask_levels,
+                                            self.pose_render)
             ds = VideoWindowDataset(self.corpus, records, self.n_frames, self.stride, image_size=self.image_size,
-                                    latent_downsample=self.latent_downsample, mask_builder=self.mask_builder,
-                                    mask_levels=self.mask_levels, audio_context=self.audio_context, **common)
+                                    conditions=conditions, audio_context=self.audio_context, **common)
         if len(ds) == 0:
             log.warning("%s split of %s has no %d-frame windows", split, self.root, ds.length)
         return ds
@@ -370,7 +376,6 @@ class PATSDataModule(L.LightningDataModule):
             return 1, 0
         kwargs = trainer.distributed_sampler_kwargs or {}
         return int(kwargs.get("num_replicas", 1)), int(kwargs.get("rank", 0))
-
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", True)

@@ -29,14 +29,12 @@ from typing import Any, TypeVar
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from torch.utils.data import Dataset
 
 from mmgt.data.audio_features import window_indices
 from mmgt.data.corpus import HOP, ClipRecord, Corpus
+from mmgt.pose.conditioning import ConditionProcessor, normalise_frames, scale_keypoints
 from mmgt.pose.layout import PoseNormalizer, visibility
-from mmgt.pose.masks import RegionMaskBuilder
-from mmgt.pose.render import render_pose
 
 log = logging.getLogger(__name__)
 
@@ -237,24 +235,16 @@ class VideoWindowDataset(WindowDataset):
 
     def __init__(self, corpus: Corpus, records: Sequence[ClipRecord], length: int, stride: int, *, train: bool,
                  speakers: Sequence[str], feature_paths: Mapping[str, Path], image_size: tuple[int, int] | None,
-                 latent_downsample: int, mask_builder: RegionMaskBuilder, mask_levels: int = 4,
-                 audio_context: int = 2, eval_stride: int | None = None, split: str = "") -> None:
+                 conditions: ConditionProcessor, audio_context: int = 2, eval_stride: int | None = None,
+                 split: str = "") -> None:
         super().__init__(corpus, records, length, stride, train=train, speakers=speakers, eval_stride=eval_stride,
                          split=split)
         self.feature_paths = dict(feature_paths)
         self.image_size = tuple(int(v) for v in image_size) if image_size is not None else None
-        self.latent_downsample, self.mask_levels = int(latent_downsample), int(mask_levels)
-        self.mask_builder, self.audio_context = mask_builder, int(audio_context)
+        self.conditions, self.audio_context = conditions, int(audio_context)
 
     def out_size(self, rec: ClipRecord) -> tuple[int, int]:
         return self.image_size if self.image_size is not None else (rec.height, rec.width)
-
-    def _frames(self, x: np.ndarray, size: tuple[int, int]) -> torch.Tensor:
-        """uint8 (T, h, w, 3) -> float (T, 3, H, W) in [-1, 1], area-antialiased when resized."""
-        t = torch.from_numpy(np.ascontiguousarray(x)).permute(0, 3, 1, 2).float().div_(127.5).sub_(1.0)
-        if tuple(t.shape[-2:]) != size:
-            t = F.interpolate(t, size=size, mode="bilinear", antialias=True, align_corners=False).clamp_(-1.0, 1.0)
-        return t
 
     def load_window(self, clip: int, start: int) -> dict[str, Any]:
         rec, n = self.records[clip], self.length
@@ -274,20 +264,12 @@ class VideoWindowDataset(WindowDataset):
         idx = window_indices(start, n, rec.n_frames, self.audio_context)
         emb = _load_cache(self.feature_paths[rec.clip_id], idx, rec.n_frames)
 
-        keypoints = np.array(kp[start:start + n], dtype=np.float32)
-        keypoints[..., 0] *= w / float(rec.width)
-        keypoints[..., 1] *= h / float(rec.height)
-        pose_images = render_pose(keypoints, h, w)
-        latent_hw = (h // self.latent_downsample, w // self.latent_downsample)
-        masks = self.mask_builder(keypoints, (h, w), latent_hw, self.mask_levels)
-
+        keypoints = scale_keypoints(kp[start:start + n], (rec.height, rec.width), (h, w))
         item = self.base_item(rec, start)
+        item.update(self.conditions(keypoints, (h, w)))
         item.update({
-            "frames": self._frames(frames, (h, w)),
-            "pose_images": torch.from_numpy(pose_images).permute(0, 3, 1, 2).float().div_(255.0),
-            "masks": masks["masks"].float(),
-            "mask_pyramid": [m.float() for m in masks["pyramid"]],
-            "ref_frame": self._frames(ref, (h, w))[0],
+            "frames": normalise_frames(frames, (h, w)),
+            "ref_frame": normalise_frames(ref, (h, w))[0],
             "audio_emb": torch.from_numpy(emb),
             "keypoints": torch.from_numpy(keypoints),
             "frame_size": torch.tensor([h, w], dtype=torch.int64),

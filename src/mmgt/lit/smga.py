@@ -8,7 +8,7 @@ What lives here (and nothing architectural):
   warm-up so short CPU runs do not validate a near-random average); it is saved in checkpoints (resume keeps it)
   and used for validation sampling and :meth:`SMGAModule.sample_poses`;
 - validation/test: loss on every batch, DDIM + CFG sampling of the first ``sampling.val_batches`` batches,
-  gesture metrics (:class:`~mmgt.metrics.gesture.GestureMetrics`: per-region keypoint L2, random-projection
+  gesture metrics (:class:`~mmgt.metrics.GestureSuite`: per-region keypoint L2, random-projection
   FGD, diversity, beat alignment) and, on rank 0, a TensorBoard video: ground truth | generated | region masks of
   the generated poses (face red, lips green, hands blue, as :class:`~mmgt.pose.masks.RegionMaskBuilder` derives
   them for stage 2).
@@ -20,8 +20,10 @@ checkpoints load with ``weights_only=True``.
 from __future__ import annotations
 
 import logging
+import math
 import zlib
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any
 
 import lightning as L
@@ -33,7 +35,7 @@ from torch.optim.swa_utils import AveragedModel
 from mmgt import checkpoints
 from mmgt.lit.resume import ResumableTraining
 from mmgt.losses.smga import SMGALoss
-from mmgt.metrics.gesture import GestureMetrics
+from mmgt.metrics import GestureSuite, build_suite
 from mmgt.models.gesture_diffusion import GestureDiffusion
 from mmgt.models.smga import GestureDecoder, GestureDecoderConfig
 from mmgt.pose.layout import PoseNormalizer, visibility
@@ -70,7 +72,7 @@ class SMGAModule(ResumableTraining, L.LightningModule):
 
     def __init__(self, net: Any, loss: Any = None, optim: Any = None, scheduler: Any = None, sampling: Any = None,
                  ema: Any = None, diffusion: Any = None, video: Any = None, metrics: Any = None,
-                 data_info: Any = None) -> None:
+                 data_info: Any = None, init_from: str | None = None) -> None:
         super().__init__()
         info = to_plain(data_info) or {}
         net_cfg = {k: v for k, v in (to_plain(net) or {}).items() if not str(k).startswith("_")}
@@ -87,6 +89,8 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         })
         hp = self.hparams
         self.net = GestureDecoder(GestureDecoderConfig.from_dict(net_cfg))
+        if init_from:  # before the EMA copy is made, so the average starts from these weights
+            self.load_net(init_from)
         self.diffusion = GestureDiffusion(**hp.diffusion)
         self.loss_fn = (instantiate_partial(loss_cfg) if "_target_" in loss_cfg else SMGALoss(**loss_cfg))
         self.ema: AveragedModel | None = None
@@ -94,8 +98,7 @@ class SMGAModule(ResumableTraining, L.LightningModule):
             avg = ema_multi_avg_fn(float(hp.ema["decay"]), bool(hp.ema["warmup"]))
             self.ema = AveragedModel(self.net, multi_avg_fn=avg)
             self.ema.requires_grad_(False)
-        self.val_metrics = GestureMetrics(**{k: v for k, v in hp.metrics.items() if k in ("feature_dim",
-                                                                                        "beat_sigma", "hop")})
+        self.val_metrics = build_suite(hp.metrics, GestureSuite)  # a node without _target_: older checkpoints
         norm = info.get("normalizer") or {}
         fs = info.get("frame_size") or (512, 512)
         self.frame_size = (int(fs[0]), int(fs[1]))
@@ -104,6 +107,14 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         self.fps = float(info.get("fps", 25.0))
 
     # ------------------------------------------------------------------------------------------- helpers
+
+    def load_net(self, path: str) -> None:
+        """Initialise the network (fine-tuning) from an SMGA checkpoint, run folder or export (EMA weights when
+        present; e.g. the released model converted by ``python -m mmgt.convert``); every tensor must fit."""
+        sd = checkpoints.net_state(path, key="model.init_from")
+        checkpoints.check_state(Path(str(path)), self.net, sd, "model")
+        self.net.load_state_dict(sd)
+        log.info("initialised the SMGA network from %s (%d tensors)", path, len(sd))
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoints.stamp(checkpoint, "smga")
@@ -196,15 +207,15 @@ class SMGAModule(ResumableTraining, L.LightningModule):
             return
         poses = self.sample_poses(batch["audio_feat"], batch["cond_pose"], steps=int(s["val_steps"]),
                                   generator=self.window_generators(batch))
-        self.val_metrics.update(poses, batch["poses"], batch["vis"], batch.get("audio"))
+        self.val_metrics.update(poses, batch["poses"], vis=batch["vis"], audio=batch.get("audio"))
         if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.video["enabled"]:
             self._log_video(f"{prefix}/pose_video", batch, poses)
 
     def _epoch_end(self, prefix: str) -> None:
-        if self.val_metrics.l2.update_count == 0:
+        if self.val_metrics.update_count == 0:
             return
         for k, v in self.val_metrics.compute().items():
-            if torch.isfinite(v):
+            if math.isfinite(v):
                 self.log(f"{prefix}/{k}", v)
         self.val_metrics.reset()
 

@@ -251,16 +251,16 @@ class VideoModule(ResumableTraining, L.LightningModule):
     def setup(self, stage: str) -> None:
         from mmgt.metrics import PSNR, SSIM
 
-        # the project's protocol (DESIGN §6): per frame on [0, 1] (data range 1), mean over frames, then over clips
+        # the metrics protocol: per frame on [0, 1] (data range 1), mean over frames, then over clips
         self._val_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
         self._copy_psnr = PSNR(input_range=(-1.0, 1.0)).to(self.device)
         self._val_ssim = SSIM(input_range=(-1.0, 1.0)).to(self.device)
         self._suite, self._suite_updated = None, False
         if self.hparams.get("metrics"):
-            from hydra.utils import instantiate
+            from mmgt.metrics import MetricSuite, build_suite
 
             # the networks of the suite stay outside the module tree (not in checkpoints, not in DDP)
-            self._suite = instantiate(dict(self.hparams.metrics), _convert_="all").to(self.device)
+            self._suite = build_suite(self.hparams.metrics, MetricSuite).to(self.device)
 
     # ------------------------------------------------------------------------------------------ forward
     def _autocast(self):
