@@ -1,16 +1,38 @@
-"""The tasks of ``python -m mmgt.prepare`` (kept out of the entry point so tests can call them)."""
+"""The tasks of ``python -m mmgt.prepare`` (kept out of the entry point so tests can call them).
+
+``task=<name>`` selects ``conf/task/<name>.yaml``. ``synthetic`` and ``validate`` are built in; every other task is a
+dataset importer the task file names, so a new dataset needs its importer and its own task file, no edit here::
+
+    # conf/task/<name>.yaml (or on a search path: hydra.searchpath=[file:///my/conf])
+    # @package _global_
+    task: <name>
+    importer:
+      _target_: my_package.my_importer   # an Importer: (settings, root, *, workers, progress) -> exit code
+    <name>:                              # its settings (or an existing config group, as pats/default.yaml)
+      source_dir: null
+"""
 
 from __future__ import annotations
 
 import sys
 from pathlib import Path
+from typing import Any, Protocol
 
 from omegaconf import DictConfig
 
 from mmgt.data.corpus import MANIFEST, Corpus, CorpusWriteError
 from mmgt.utils.config import to_plain
 
-TASKS = ("synthetic", "validate", "pats")
+BUILTIN_TASKS = ("synthetic", "validate")
+TASKS = (*BUILTIN_TASKS, "pats")  # those this repository ships (conf/task/*.yaml)
+
+
+class Importer(Protocol):
+    """A dataset importer: builds the corpus at ``root`` from ``settings`` (the config node named like the task);
+    returns the exit code. Write failures raise :class:`~mmgt.data.corpus.CorpusWriteError` naming the file."""
+
+    def __call__(self, settings: dict[str, Any], root: Path, *, workers: int | None, progress: bool) -> int:
+        ...
 
 
 def run(cfg: DictConfig) -> int:
@@ -50,13 +72,22 @@ def _run(cfg: DictConfig) -> int:
         n = len(Corpus(root)) if (root / MANIFEST).exists() and not any("manifest" in f.message for f in faults) \
             else None
         return report(root, faults, n)
-    if task == "pats":
-        from mmgt.data.pats import prepare_pats
+    importer = resolve_importer(cfg)
+    settings = to_plain(cfg.get(task)) or {}
+    workers = cfg.get("workers")
+    return int(importer(settings, root, workers=None if workers is None else int(workers),
+                        progress=bool(cfg.get("progress", True))))
 
-        if cfg.get("pats") is None:
-            raise ValueError("task=pats needs the `pats` config group (conf/pats/default.yaml)")
-        settings = dict(to_plain(cfg.pats), output_root=str(root), progress=bool(cfg.get("progress", True)))
-        if cfg.get("workers") is not None:
-            settings["workers"] = int(cfg.workers)
-        return int(prepare_pats(settings))
-    raise ValueError(f"task={task!r}: expected one of {TASKS}")
+
+def resolve_importer(cfg: DictConfig) -> Importer:
+    """The callable named by ``importer._target_`` of the selected task file."""
+    from hydra.utils import get_method
+
+    task = cfg.get("task")
+    target = (cfg.get("importer") or {}).get("_target_")
+    if not target:
+        raise ValueError(f"task={task!r}: expected {' | '.join(BUILTIN_TASKS)} or a dataset importer (a task file "
+                         f"conf/task/{task}.yaml with `importer._target_`)")
+    if cfg.get(task) is None:
+        raise ValueError(f"task={task}: no `{task}` settings in the config (conf/task/{task}.yaml or its group)")
+    return get_method(str(target))
