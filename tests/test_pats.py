@@ -1,4 +1,4 @@
-"""PATS import (issue 8): intervals CSV + raw videos -> corpus, pose estimators, h5 import.
+"""PATS import (issue 8): intervals CSV + raw videos -> corpus, pose estimators, h5 import; its writer (issue 17).
 
 The raw material is fake but built like the real thing: long 30-fps, 96x64 (non-square) videos with an AAC
 track, showing the synthetic talking figure at a per-speaker horizontal offset, a frame-index code in a bar
@@ -9,12 +9,15 @@ CSV in the PATS column layout.
 from __future__ import annotations
 
 import csv
+import errno
+import os
+import threading
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from mmgt.data.corpus import HOP, Corpus
+from mmgt.data.corpus import HOP, MANIFEST, Corpus, leftovers, writer_lock
 from mmgt.data.pats import (
     PatsSettings,
     VideoIndex,
@@ -116,26 +119,31 @@ def _settings(raw: dict, root: Path, **kw) -> dict:
     return cfg
 
 
-@pytest.fixture(scope="module")
-def corpus_root(raw: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """`python -m mmgt.prepare task=pats` through Hydra (prepare.yaml + conf/pats/default.yaml), 2 workers."""
+def _prepare_cfg(raw: dict, base: Path, root: Path, *extra: str):
+    """The composed `python -m mmgt.prepare task=pats ...` config (prepare.yaml + conf/pats/default.yaml)."""
     from hydra import compose, initialize_config_dir
 
-    from mmgt.data.prepare import run
     from mmgt.utils.paths import CONF_DIR
 
-    base = tmp_path_factory.mktemp("pats_out")
-    root = base / "corpus"
     overrides = [
         "task=pats", f"paths.root_dir={base}", f"data.root={root}", "progress=false",
         f"pats.intervals_csv={raw['csv']}", f"pats.videos_dir={raw['videos']}", "pats.speakers=[oliver,jon]",
         "pats.crop.oliver=0.25", f"pats.size={SIZE}", "pats.max_seconds=3.0", "pats.min_seconds=1.0",
         "pats.val_per_speaker=1", "pats.workers=2", "pats.estimator.name=precomputed",
-        f"pats.estimator.keypoints_dir={raw['keypoints']}", "+pats.progress=false",
+        f"pats.estimator.keypoints_dir={raw['keypoints']}", "+pats.progress=false", *extra,
     ]
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
-        cfg = compose(config_name="prepare", overrides=overrides)
-    assert run(cfg) == 0
+        return compose(config_name="prepare", overrides=overrides)
+
+
+@pytest.fixture(scope="module")
+def corpus_root(raw: dict, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """`python -m mmgt.prepare task=pats` through Hydra (prepare.yaml + conf/pats/default.yaml), 2 workers."""
+    from mmgt.data.prepare import run
+
+    base = tmp_path_factory.mktemp("pats_out")
+    root = base / "corpus"
+    assert run(_prepare_cfg(raw, base, root)) == 0
     return root
 
 
@@ -230,6 +238,65 @@ def test_second_run_does_nothing_and_resume_redoes_only_unfinished(corpus_root: 
     assert report.processed == 1 and report.reused == 7
     assert (corpus_root / "manifest.csv").read_text() == manifest
     assert prepare_pats(cfg) == 0  # and the entry point agrees
+
+
+def test_full_disk_is_one_line_naming_the_final_file_and_a_rerun_resumes(
+        raw: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+    """Issue 17: the clip is built in a staging folder, yet the error names the file the corpus wanted; the run
+    stops there (no interval after it is decoded for nothing) and leaves nothing under a final name."""
+    from mmgt.data.prepare import run
+
+    root = tmp_path / "corpus"
+    cfg = _prepare_cfg(raw, tmp_path, root, "pats.workers=1", "pats.speakers=[oliver]")
+    real, calls = np.save, [0]
+
+    def full(fh, arr, *args, **kwargs):  # the first clip's keypoints: a few bytes, then the disk is full
+        calls[0] += 1
+        fh.write(b"\x93NUMPY")
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fh.name)
+
+    monkeypatch.setattr(np, "save", full)
+    assert run(cfg) == 1
+    err = capsys.readouterr().err
+    assert err.strip().splitlines() == [f"ERROR {root / 'clips' / 'oliver-101' / 'keypoints.npy'}: cannot write "
+                                        f"(No space left on device [Errno {errno.ENOSPC}])"]
+    assert calls[0] == 1  # stopped at the first failed write
+    assert not (root / "clips" / "oliver-101").exists() and not (root / MANIFEST).exists()
+    assert leftovers(root) == [] and not list((root / ".pats").rglob("*.npy"))  # the staging copy is gone too
+    monkeypatch.setattr(np, "save", real)  # space freed: the rerun writes the clips
+    assert run(cfg) == 0
+    assert {r.clip_id for r in Corpus(root)} == {"oliver-101", "oliver-102", "oliver-105"}
+
+
+def test_run_sweeps_what_killed_runs_left(corpus_root: Path, raw: dict) -> None:
+    """A temp file of a writer killed mid-file and a dead staging copy are removed at the start of the next run
+    (flagged by the validator until then); the finished clips are not touched."""
+    from mmgt.data.validate import validate_corpus
+
+    temp = corpus_root / "clips" / "oliver-101" / ".video.k2j8x0qz.mp4"
+    temp.write_bytes(b"half a video")
+    staged = corpus_root / ".pats" / "staging" / "jon-201.999999" / "clips" / "jon-201" / "video.mp4"
+    staged.parent.mkdir(parents=True)
+    staged.write_bytes(b"half a clip")
+    assert temp in leftovers(corpus_root)
+    assert any(str(temp) in str(f) and not f.fatal for f in validate_corpus(corpus_root, workers=1, progress=False))
+    files = sorted(p for p in (corpus_root / "clips").rglob("*") if p.is_file() and p != temp)
+    stamps = {p: p.stat().st_mtime_ns for p in files}
+    report = run_pats(_settings(raw, corpus_root))
+    assert report.processed == 0 and report.reused == 8
+    assert not temp.exists() and not (corpus_root / ".pats" / "staging").exists() and leftovers(corpus_root) == []
+    assert {p: p.stat().st_mtime_ns for p in files} == stamps
+
+
+def test_run_waits_for_another_writer(corpus_root: Path, raw: dict) -> None:
+    """Sweeping is only safe with no other writer at work: a second run on the corpus waits for the writer lock."""
+    finished = threading.Event()
+    worker = threading.Thread(target=lambda: (run_pats(_settings(raw, corpus_root)), finished.set()))
+    with writer_lock(corpus_root):
+        worker.start()
+        assert not finished.wait(1.5)
+    worker.join(60)
+    assert finished.is_set()
 
 
 def test_fixed_windows(raw: dict, tmp_path: Path) -> None:
@@ -405,7 +472,10 @@ def test_dwpose_pipeline_on_random_init_onnx_models(tmp_path: Path) -> None:
 
 def test_pats_h5_import(tmp_path: Path) -> None:
     h5py = pytest.importorskip("h5py")
-    from mmgt.data.pats_h5 import CACHE_SIGNATURE, import_pats_h5
+    import mmgt.data.pats_h5 as old_path
+    from mmgt.data.pats.h5 import CACHE_SIGNATURE, import_pats_h5
+
+    assert old_path.import_pats_h5 is import_pats_h5  # the old import path still works
 
     t = 30  # 2 s at 15 fps
     pose = np.zeros((t, 104), np.float32)

@@ -45,6 +45,7 @@ from mmgt.data.importing import (
     write_skip_log,
 )
 from mmgt.data.media import cut_audio, cut_video, window_spans
+from mmgt.data.pats.h5 import import_pats_h5
 from mmgt.data.pats.intervals import Interval, VideoIndex, load_split_file, read_intervals
 from mmgt.data.pats.settings import STATE_DIR, PatsConfigError, PatsSettings
 
@@ -306,8 +307,6 @@ def prepare_pats(cfg: dict[str, Any]) -> int:
     try:
         settings = PatsSettings.from_dict(dict(cfg))
         if settings.source == "h5":
-            from mmgt.data.pats.h5 import import_pats_h5
-
             records = import_pats_h5(settings.h5_dir, settings.output_root, settings.intervals_csv,
                                      settings.speakers, settings.h5_audio_dir, settings.size,
                                      settings.h5_source_height, min_seconds=settings.min_seconds,
