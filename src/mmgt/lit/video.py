@@ -130,7 +130,8 @@ class VideoModule(ResumableTraining, L.LightningModule):
 
     Args (``conf/model/video.yaml``; sub-configs arrive as DictConfigs or dicts):
         net: the ``size.video`` block (codec, image_encoder, unet, pose_guider, audio_proj, audio_attention).
-        attention: the ``attention`` group (``type`` none|cross|haa|mm_haa, ``blocks``, ``branch_weights``).
+        attention: the ``attention`` group (``_target_``: the variant class, or its alias ``type``
+            none|cross|haa|mm_haa; ``module``, ``blocks``, ``n_branches``, ``branch_weights``).
         loss: the ``loss`` group (snr_gamma, snr_plus_one, noise_offset, drop_image, drop_audio, cfg_per_sample).
         optim: AdamW settings (lr, weight_decay, betas, eps) and the lr schedule (warmup_steps, schedule
             constant|cosine, total_steps, min_lr_ratio).
@@ -177,16 +178,11 @@ class VideoModule(ResumableTraining, L.LightningModule):
         self.save_hyperparameters(hp)
         self.substage = stage
         att, info = hp["attention"], hp["data_info"]
-        att_type = att.get("type", "none")
         audio_shape = info.get("audio_embed_shape") or att.get("audio_embed_shape")
-        n_branches = int(att.get("n_branches") or info.get("num_branches") or 3)
-        self.net = VideoNet(hp["net"], audio_shape if att_type != "none" else None, att_type,
-                            att.get("blocks", ["down"]), n_branches, load_weights=hp["load_weights"],
-                            key="size.video", attention_module=att.get("module"))
+        # the attention config names its variant class (mmgt.models.video.attention), which checks branch_weights
+        self.net = VideoNet(hp["net"], audio_shape, {k: v for k, v in att.items() if k != "audio_embed_shape"},
+                            load_weights=hp["load_weights"], key="size.video", mask_branches=info.get("num_branches"))
         self.branch_weights = att.get("branch_weights")
-        if self.branch_weights is not None and len(self.branch_weights) != self.net.n_branches:
-            raise ValueError(f"attention.branch_weights has {len(self.branch_weights)} values, the model has "
-                             f"{self.net.n_branches} branches")
         bad = [g for g in hp["init_exclude"] if g not in self.net.parameter_groups()]
         if bad:
             raise ValueError(f"model.init_exclude: unknown group(s) {bad}")

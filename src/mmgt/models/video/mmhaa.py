@@ -32,6 +32,8 @@ from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
 from torch import nn
 
+from mmgt.models.video.components import component_class
+
 
 def as_weights(branch_weights: Sequence[float] | torch.Tensor | None, k: int, like: torch.Tensor) -> torch.Tensor:
     """Branch weights as a (K,) tensor on ``like``'s device/dtype; None means all ones."""
@@ -162,23 +164,15 @@ AUDIO_MODULES = {"compact": AudioAttention, "official": OfficialAudioModule}
 
 
 def audio_module_class(name: str | type | None) -> type:
-    """``attention.module``: a class, a dotted class path, or a short name (``compact`` | ``official``); None =
-    the compact :class:`AudioAttention`. The class must provide ``from_layer`` and the shared forward."""
+    """``attention.module``: a class, a dotted class path (checked by the stored-config rule before import, see
+    :func:`~mmgt.models.video.components.component_class`) or a short name (``compact`` | ``official``); None = the
+    compact :class:`AudioAttention`. The class must provide ``from_layer`` and the shared forward."""
     if name is None:
         return AudioAttention
-    if isinstance(name, type):
-        cls = name
-    elif name in AUDIO_MODULES:
-        cls = AUDIO_MODULES[name]
-    else:
-        import importlib
-
-        mod, _, attr = str(name).rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(mod), attr) if mod else None
-        except (ImportError, AttributeError) as err:
-            raise ValueError(f"attention.module={name!r}: cannot import ({err})") from err
-    if not (isinstance(cls, type) and issubclass(cls, nn.Module) and hasattr(cls, "from_layer")):
+    if isinstance(name, str) and name in AUDIO_MODULES:
+        return AUDIO_MODULES[name]
+    cls = component_class(name, nn.Module, "attention.module", "an audio-module class")
+    if not hasattr(cls, "from_layer"):
         raise ValueError(f"attention.module={name!r} is not an audio-module class with from_layer(); use one of "
                          f"{sorted(AUDIO_MODULES)} or a dotted class path")
     return cls

@@ -1,82 +1,66 @@
 """``VideoNet``: every stage-2 part behind one forward used identically in training and sampling.
 
-Parts: latent codec (SD VAE or pixel-unshuffle), reference-image encoder (CLIP or small conv), reference UNet
-(writer), denoising UNet with motion modules (reader), pose guider (added after the denoising ``conv_in``),
-audio projection and MM-HAA audio modules (after the spatial transformer of the configured UNet blocks).
+Parts: latent codec (SD VAE or pixel-unshuffle), reference-image encoder (CLIP or small conv), the backbone
+(:class:`~mmgt.models.video.backbone.Backbone`; by default the reference UNet + denoising UNet with motion modules of
+:class:`~mmgt.models.video.unet.UNetBackbone`), pose guider (added at the backbone's input site), audio projection and
+the audio attention variant (:mod:`mmgt.models.video.attention`: audio modules at the backbone's attention sites).
 
-The diffusers UNets stay unmodified diffusers models (their state dicts keep the SD / AnimateDiff names): the
-reference bank goes through attention processors, the pose features and the audio modules attach through
-forward hooks on ``conv_in`` and on the spatial ``Transformer2DModel``s. All per-call inputs travel through one
+VideoNet knows nothing of the backbone's architecture: it asks the backbone for its sites and hooks the pose features
+and the audio modules there. All per-call inputs travel through one
 :class:`~mmgt.models.video.reference.ForwardContext` that :meth:`VideoNet.forward` fills from its arguments.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
+from mmgt.models.video.attention import AudioAttentionVariant, build_attention, variant_class
 from mmgt.models.video.audio_proj import AudioProjection
+from mmgt.models.video.backbone import ROLE_GROUPS, Backbone, build_backbone
 from mmgt.models.video.codec import build_codec
 from mmgt.models.video.encoders import CLIPImageEncoder, build_image_encoder
-from mmgt.models.video.mmhaa import MaskPyramid, as_weights, audio_module_class
+from mmgt.models.video.mmhaa import MaskPyramid, as_weights
 from mmgt.models.video.pose_guider import PoseGuider
-from mmgt.models.video.reference import ForwardContext, attach_reference
-from mmgt.models.video.unet import build_denoising_unet, build_reference_unet
+from mmgt.models.video.reference import ForwardContext
 
-ATTENTION_TYPES = ("none", "cross", "haa", "mm_haa")
-BLOCK_KINDS = ("down", "mid", "up")
-
-
-def audio_blocks(unet: nn.Module, blocks: Sequence[str]) -> list[tuple[str, nn.Module, int]]:
-    """(name, Transformer2DModel, layer input width) of the spatial attentions in the selected blocks.
-
-    The layer input width is what MMGT sizes its audio module by: the block's input channels for layer 0 of a down
-    block, the block's width otherwise.
-
-    ``blocks`` entries: ``down`` / ``mid`` / ``up`` (every block of that kind that has attention) or a single
-    block such as ``down.1`` / ``up.0``.
-    """
-    for b in blocks:
-        if b.split(".")[0] not in BLOCK_KINDS:
-            raise ValueError(f"attention.blocks entries must be down/mid/up[.i], got {b!r}")
-    selected = []
-    parts = [("down", i, blk) for i, blk in enumerate(unet.down_blocks)]
-    parts += [("mid", 0, unet.mid_block)] if unet.mid_block is not None else []
-    parts += [("up", i, blk) for i, blk in enumerate(unet.up_blocks)]
-    for kind, i, blk in parts:
-        if (kind in blocks or f"{kind}.{i}" in blocks) and hasattr(blk, "attentions"):
-            prefix = "mid_block" if kind == "mid" else f"{kind}_blocks.{i}"
-            for j, a in enumerate(blk.attentions):
-                c_in = blk.resnets[0].in_channels if kind == "down" and j == 0 else a.config.in_channels
-                selected.append((f"{prefix}.attentions.{j}", a, int(c_in)))
-    return selected
+NET_KEYS = frozenset(("codec", "image_encoder", "unet", "backbone", "pose_guider", "audio_proj", "audio_attention",
+                      "reference_bank_dtype"))
+OWN_PARTS = ("codec", "pose_guider", "image_encoder", "audio_proj", "audio_modules")
 
 
 class VideoNet(nn.Module):
-    """Reference UNet + denoising UNet (motion modules) + pose guider + audio projection + MM-HAA.
+    """Codec + image encoder + backbone + pose guider + audio projection + audio attention variant.
 
     Args:
-        cfg: the ``size.video`` block (``codec``, ``image_encoder``, ``unet``, ``pose_guider``, ``audio_proj``,
-            ``audio_attention``, optional ``reference_bank_dtype``).
-        audio_shape: (window, layers, dim) of one frame of ``audio_emb``; None only with ``attention_type="none"``.
-        attention_type: ``none`` | ``cross`` | ``haa`` | ``mm_haa``.
-        attention_blocks: which UNet blocks carry audio attention (see :func:`audio_blocks`).
-        n_branches: number of region branches (``haa`` / ``mm_haa``); ``cross`` always has 1, ``none`` 0.
-        attention_module: the audio-module class for every variant (``attention.module``: dotted class path or
-            ``compact`` | ``official``; None = the compact :class:`~mmgt.models.video.mmhaa.AudioAttention`).
+        cfg: the ``size.video`` block (``codec``, ``image_encoder``, ``unet`` or ``backbone``, ``pose_guider``,
+            ``audio_proj``, ``audio_attention``, optional ``reference_bank_dtype``); unknown keys are refused.
+        audio_shape: (window, layers, dim) of one frame of ``audio_emb``; only needed by variants that use audio.
+        attention: the ``attention`` config (``_target_`` or ``type``, ``module``, ``blocks``, ``n_branches``,
+            ``branch_weights``), or its ``type`` alone as a string, with the older keyword form
+            ``attention_blocks``, ``n_branches`` and ``attention_module``.
+        mask_branches: the data's region-mask branch count (the branch count when ``n_branches`` is null).
         load_weights: load the pretrained files named in ``cfg`` (False: random init, e.g. on the meta device).
         key: config path of ``cfg`` used in error messages.
     """
 
-    def __init__(self, cfg: dict, audio_shape: Sequence[int] | None = None, attention_type: str = "mm_haa",
-                 attention_blocks: Sequence[str] = ("down",), n_branches: int = 3, load_weights: bool = True,
-                 key: str = "size.video", attention_module: str | type | None = None) -> None:
+    def __init__(self, cfg: Mapping[str, Any], audio_shape: Sequence[int] | None = None,
+                 attention: str | Mapping[str, Any] | None = "mm_haa", attention_blocks: Sequence[str] | None = None,
+                 n_branches: int | None = None, load_weights: bool = True, key: str = "size.video",
+                 attention_module: str | type | None = None, mask_branches: int | None = None) -> None:
         super().__init__()
-        if attention_type not in ATTENTION_TYPES:
-            raise ValueError(f"attention.type must be one of {ATTENTION_TYPES}, got {attention_type!r}")
+        unknown = sorted(set(cfg) - NET_KEYS)
+        if unknown:
+            raise ValueError(f"{key}: unknown key(s) {unknown}; known: {sorted(NET_KEYS)}")
+        if attention is None or isinstance(attention, str):
+            attention = dict(type=attention or "none", blocks=list(attention_blocks or ("down",)),
+                             n_branches=3 if n_branches is None else n_branches, module=attention_module)
+        elif (attention_blocks, n_branches, attention_module) != (None, None, None):
+            raise ValueError("VideoNet: with an attention config, give blocks / n_branches / module inside it")
+        variant, settings = variant_class(attention)
         self.ctx = ForwardContext()
         # MMGT copies the reference bank as float16 before the reader concatenates it (promoting back); keeping it
         # in the compute dtype (null) changes the prediction by ~3e-6 relative
@@ -86,73 +70,95 @@ class VideoNet(nn.Module):
                              f"got {bank_dtype!r}")
         self.bank_dtype = None if bank_dtype is None else getattr(torch, bank_dtype)
         self.codec = build_codec(cfg["codec"], f"{key}.codec", load_weights)
-        c_lat = self.codec.latent_channels
-        ucfg = dict(cfg["unet"])
-        self.reference_unet = build_reference_unet(ucfg, c_lat, f"{key}.unet", load_weights)
-        self.denoising_unet = build_denoising_unet(ucfg, c_lat, f"{key}.unet", load_weights)
-        if self.denoising_unet.config.in_channels != c_lat:
-            raise ValueError(f"{key}.unet: UNet in_channels {self.denoising_unet.config.in_channels} != codec "
-                             f"latent channels {c_lat}")
-        c0 = self.denoising_unet.config.block_out_channels[0]
-        cross_dim = int(self.denoising_unet.config.cross_attention_dim)
+        backbone = build_backbone(cfg, self.ctx, self.codec.latent_channels, load_weights, key)
+        self._adopt(backbone)
+        site = backbone.input_site()
         pg = dict(cfg.get("pose_guider") or {})
-        self.pose_guider = PoseGuider(c0, tuple(pg.get("channels", (16, 32, 96, 256))))
+        self.pose_guider = PoseGuider(site.channels, tuple(pg.get("channels", (16, 32, 96, 256))))
         if self.pose_guider.factor != self.codec.factor:
             raise ValueError(f"{key}.pose_guider.channels gives {self.pose_guider.factor}x downsampling but the codec "
                              f"downsamples {self.codec.factor}x (need len(channels) - 1 = log2(factor))")
         if pg.get("pretrained") and load_weights:
             self.pose_guider.load_controlnet(pg["pretrained"], f"{key}.pose_guider.pretrained")
+        cross_dim = backbone.context_dim
         self.image_encoder = build_image_encoder(dict(cfg["image_encoder"]), cross_dim, f"{key}.image_encoder",
                                                  load_weights)
-        self.reference_layers = attach_reference(self.reference_unet, self.denoising_unet, self.ctx)
+        self._hooks = [backbone.attach(site, self._add_pose)]
 
-        self.attention_type = attention_type
-        self.n_branches = {"none": 0, "cross": 1}.get(attention_type, int(n_branches))
+        # audio_modules is registered before audio_proj (and filled after it, the order of initialisation): the
+        # parameter order of earlier checkpoints (optimiser states are stored by position)
+        self.add_module("audio_modules", None)
         self.audio_proj: AudioProjection | None = None
-        self.audio_modules = nn.ModuleDict()
-        self._hooks = [self.denoising_unet.conv_in.register_forward_hook(self._add_pose)]
-        if attention_type != "none":
+        if variant.uses_audio:
             if audio_shape is None:
-                raise ValueError(f"attention.type={attention_type} needs the audio embedding shape (window, L, D)")
+                raise ValueError(f"attention.type={variant.alias or variant.__name__} needs the audio embedding "
+                                 "shape (window, L, D)")
             ap = dict(cfg.get("audio_proj") or {})
             self.audio_proj = AudioProjection(*[int(s) for s in audio_shape], hidden_dim=int(ap.get("hidden_dim", 512)),
                                               tokens=int(ap.get("tokens", 32)), dim=int(ap.get("dim", cross_dim)))
-            heads = int((cfg.get("audio_attention") or {}).get("heads", 8))
-            module_cls = audio_module_class(attention_module)
-            self.audio_module_class = module_cls
-            groups = int(self.denoising_unet.config.norm_num_groups)
-            targets = audio_blocks(self.denoising_unet, list(attention_blocks))
-            if not targets:
-                raise ValueError(f"attention.blocks={list(attention_blocks)} selects no UNet block with attention")
-            for name, tr, c_in in targets:
-                mod = module_cls.from_layer(tr.config.in_channels, c_in, self.audio_proj.dim, self.n_branches, heads,
-                                            groups)
-                self.audio_modules[name.replace(".", "_")] = mod
-                self._hooks.append(tr.register_forward_hook(self._audio_hook(mod)))
+        heads = int((cfg.get("audio_attention") or {}).get("heads", 8))
+        audio_dim = self.audio_proj.dim if self.audio_proj is not None else 0
+        self.audio_modules: AudioAttentionVariant = build_attention(variant, settings, backbone, audio_dim, heads,
+                                                                    mask_branches)
+        for s in self.audio_modules.sites:
+            self._hooks.append(backbone.attach(s, self._audio_fn(s.key)))
+
+    def _adopt(self, backbone: Backbone) -> None:
+        """Hold the backbone outside the module tree and its children as this net's own parts: the state-dict names
+        stay the parts' names (``denoising_unet.*``, ...), as in checkpoints written before the backbone seam."""
+        own = [n for n, _ in backbone.named_parameters(recurse=False)] + \
+              [n for n, _ in backbone.named_buffers(recurse=False)]
+        if own:
+            raise ValueError(f"{type(backbone).__name__}: keep weights in child modules, not on the backbone itself "
+                             f"({own[:3]})")
+        clash = [n for n, _ in backbone.named_children() if n in OWN_PARTS or hasattr(type(self), n)]
+        if clash:
+            raise ValueError(f"{type(backbone).__name__}: child module names {clash} clash with VideoNet's parts")
+        object.__setattr__(self, "_backbone", backbone)
+        for name, child in backbone.named_children():
+            self.add_module(name, child)
+
+    @property
+    def backbone(self) -> Backbone:
+        return self.__dict__["_backbone"]
+
+    def train(self, mode: bool = True) -> VideoNet:
+        super().train(mode)
+        self.backbone.training = mode  # outside the module tree: its children follow super().train
+        return self
 
     # ----------------------------------------------------------------------------------------------- hooks
-    def _add_pose(self, module: nn.Module, args: Any, output: torch.Tensor) -> torch.Tensor:
+    def _add_pose(self, h: torch.Tensor) -> torch.Tensor:
         pf = self.ctx.pose_features
-        return output if pf is None else output + pf.to(output.dtype)
+        return h if pf is None else h + pf.to(h.dtype)
 
-    def _audio_hook(self, mod: nn.Module):
-        def hook(module: nn.Module, args: Any, output: Any) -> Any:
+    def _audio_fn(self, key: str):
+        def fn(h: torch.Tensor) -> torch.Tensor:
             ctx = self.ctx
             if ctx.audio_tokens is None:
-                return output
-            h = output[0] if isinstance(output, tuple) else output.sample
+                return h
             masks = ctx.masks.at(h.shape[-2:]) if ctx.masks is not None else None
-            h = mod(h, ctx.audio_tokens, masks, ctx.branch_weights)
-            if isinstance(output, tuple):
-                return (h,) + tuple(output[1:])
-            output.sample = h
-            return output
-        return hook
+            return self.audio_modules.site_forward(key, h, ctx.audio_tokens, masks, ctx.branch_weights)
+        return fn
 
     # ----------------------------------------------------------------------------------------------- parts
     @property
     def masked(self) -> bool:
-        return self.attention_type == "mm_haa"
+        """Region masks gate the audio branches (the batch must carry them)."""
+        return self.audio_modules.masked
+
+    @property
+    def n_branches(self) -> int:
+        return self.audio_modules.n_branches
+
+    @property
+    def attention_type(self) -> str:
+        """The attention variant's alias (``none`` | ``cross`` | ``haa`` | ``mm_haa``) or class name."""
+        return self.audio_modules.alias or type(self.audio_modules).__name__
+
+    @property
+    def reference_layers(self) -> list[str]:
+        return self.backbone.reference_layers
 
     @torch.no_grad()
     def encode_frames(self, frames: torch.Tensor, sample: bool = False) -> torch.Tensor:
@@ -175,18 +181,17 @@ class VideoNet(nn.Module):
         return self.image_encoder(ref_frame)
 
     def encode_reference(self, ref_latents: torch.Tensor, ref_embed: torch.Tensor) -> dict[str, torch.Tensor]:
-        """Run the reference UNet at t=0 and return its bank (layer name -> (B, S, C) normed tokens)."""
+        """Run the backbone's reference path and return its bank (layer name -> (B, S, C) tokens)."""
         ctx = self.ctx
         saved = ctx.bank
         ctx.bank, ctx.writing = {}, True
         try:
-            t0 = torch.zeros(ref_latents.shape[0], device=ref_latents.device, dtype=torch.long)
-            self.reference_unet(ref_latents, t0, encoder_hidden_states=ref_embed, return_dict=False)
+            self.backbone.run_reference(ref_latents, ref_embed)
             bank = ctx.bank
         finally:
             ctx.bank, ctx.writing = saved, False
         if set(bank) != set(self.reference_layers):
-            raise RuntimeError(f"reference UNet wrote {len(bank)} of {len(self.reference_layers)} layers")
+            raise RuntimeError(f"reference path wrote {len(bank)} of {len(self.reference_layers)} layers")
         if self.bank_dtype is not None:
             bank = {k: v.to(self.bank_dtype) for k, v in bank.items()}
         return bank
@@ -238,49 +243,32 @@ class VideoNet(nn.Module):
             ctx.audio_tokens = tokens.flatten(0, 1)
             if self.masked:
                 if masks is None:
-                    raise ValueError("attention.type=mm_haa needs region masks (B, K, F, h, w)")
+                    raise ValueError(f"attention.type={self.attention_type} needs region masks (B, K, F, h, w)")
                 ctx.masks = MaskPyramid(masks)
                 k = next(iter(ctx.masks.cache.values())).shape[1]
                 if k != self.n_branches:
                     raise ValueError(f"masks have {k} branches, the model was built with {self.n_branches}")
             ctx.branch_weights = as_weights(branch_weights, self.n_branches, tokens)
-        ehs = ehs.repeat_interleave(f, dim=0)
-        return self.denoising_unet(noisy_latents, timesteps, encoder_hidden_states=ehs, return_dict=False)[0]
+        return self.backbone(noisy_latents, timesteps, ehs)
 
     # ----------------------------------------------------------------------------------------------- groups
-    def unused_reference_parameters(self) -> list[str]:
-        """Reference-UNet parameters that cannot influence any bank entry (its output head and the layers after the
-        last written self-attention input); kept frozen so DDP never sees parameters without gradients."""
-        ref = self.reference_unet
-        names = [n for n, _ in ref.named_parameters() if n.startswith(("conv_norm_out.", "conv_out."))]
-        last = len(ref.up_blocks) - 1
-        blk = ref.up_blocks[last]
-        if hasattr(blk, "attentions"):
-            a = len(blk.attentions) - 1
-            t = len(blk.attentions[a].transformer_blocks) - 1
-            pre = f"up_blocks.{last}.attentions.{a}."
-            tails = (pre + "proj_out.",) + tuple(f"{pre}transformer_blocks.{t}.{s}."
-                                                 for s in ("attn1", "norm2", "attn2", "norm3", "ff"))
-            names += [n for n, _ in ref.named_parameters() if n.startswith(tails)]
-        return names
-
     def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
-        """Named groups that configs list as trainable (``model.trainable``). Names are relative to this net."""
-        unused = {f"reference_unet.{n}" for n in self.unused_reference_parameters()}
-        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in (
-            "denoising_unet", "motion_modules", "reference_unet", "pose_guider", "image_encoder", "audio_proj",
-            "audio_modules")}
+        """Named groups that configs list as trainable (``model.trainable``): the backbone's (at least the roles
+        ``denoising_unet``, ``motion_modules``, ``reference_unet``) and this net's parts. Names are relative to this
+        net."""
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in ROLE_GROUPS}
+        groups.update(self.backbone.parameter_groups())
+        own = ("pose_guider", "image_encoder", "audio_proj", "audio_modules")
+        clash = [g for g in own if g in groups]
+        if clash:
+            raise ValueError(f"{type(self.backbone).__name__} parameter groups {clash} clash with VideoNet's parts")
+        groups.update({g: [] for g in own})
         for n, p in self.named_parameters():
             top = n.split(".")[0]
-            if top == "denoising_unet":
-                groups["motion_modules" if ".motion_modules." in n else "denoising_unet"].append((n, p))
-            elif top == "reference_unet":
-                if n not in unused:
-                    groups["reference_unet"].append((n, p))
-            elif top == "image_encoder":
+            if top == "image_encoder":
                 if not isinstance(self.image_encoder, CLIPImageEncoder):  # CLIP stays frozen by design
                     groups["image_encoder"].append((n, p))
-            elif top in groups:
+            elif top in own:
                 groups[top].append((n, p))
         return groups
 
@@ -299,5 +287,4 @@ class VideoNet(nn.Module):
         return out
 
     def enable_gradient_checkpointing(self) -> None:
-        self.reference_unet.enable_gradient_checkpointing()
-        self.denoising_unet.enable_gradient_checkpointing()
+        self.backbone.enable_gradient_checkpointing()

@@ -1,4 +1,4 @@
-"""Build the two diffusers UNets of the video model from one small config dict.
+"""The default stage-2 backbone: two diffusers UNets built from one small config dict (:class:`UNetBackbone`).
 
 - reference UNet: ``UNet2DConditionModel`` (SD layout), run on the reference latent at t=0;
 - denoising UNet: ``UNetMotionModel`` (the same 2D layout + AnimateDiff temporal transformers after every spatial
@@ -10,10 +10,15 @@ Config keys (``size.video.unet``): ``block_out_channels``, ``layers_per_block``,
 ``plain`` per level), ``heads``, ``cross_attention_dim``, ``norm_num_groups``, ``motion_heads``,
 ``motion_max_seq_length``, ``pretrained`` (SD UNet folder or null), ``motion_adapter`` (folder or null),
 ``motion_norm`` (``per_frame`` | ``across_frames`` | null, see :func:`set_motion_norm`).
+
+The UNets stay unmodified diffusers models (their state dicts keep the SD / AnimateDiff names): the reference bank
+goes through attention processors (:mod:`mmgt.models.video.reference`), pose features and audio modules attach
+through forward hooks on ``conv_in`` and on the spatial ``Transformer2DModel`` layers.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 import torch
@@ -21,6 +26,8 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
+from mmgt.models.video.backbone import ROLE_GROUPS, Backbone, Site
+from mmgt.models.video.reference import ForwardContext, attach_reference
 from mmgt.models.video.weights import require
 
 _DOWN = {"cross": "CrossAttnDownBlock2D", "plain": "DownBlock2D"}
@@ -148,3 +155,90 @@ def build_denoising_unet(cfg: dict, latent_channels: int, key: str = "size.video
         zero_motion_outputs(unet)
     set_motion_norm(unet, motion_norm_mode(cfg))
     return unet
+
+
+BLOCK_KINDS = ("down", "mid", "up")
+
+
+class UNetBackbone(Backbone):
+    """Reference UNet (``UNet2DConditionModel``, writes the bank at t=0) + denoising UNet with motion modules
+    (``UNetMotionModel``, reads it): MMGT's / AnimateDiff's layout. Keyword arguments: the ``size.video.unet`` keys.
+
+    Attention sites are the spatial ``Transformer2DModel`` layers of the blocks named by ``attention.blocks``:
+    ``down`` / ``mid`` / ``up`` (every block of that kind with attention) or single blocks such as ``down.1``.
+    """
+
+    def __init__(self, ctx: ForwardContext, latent_channels: int, load_weights: bool = True,
+                 key: str = "size.video.unet", **unet: Any) -> None:
+        super().__init__(ctx)
+        self.reference_unet = build_reference_unet(unet, latent_channels, key, load_weights)
+        self.denoising_unet = build_denoising_unet(unet, latent_channels, key, load_weights)
+        if self.denoising_unet.config.in_channels != latent_channels:
+            raise ValueError(f"{key}: UNet in_channels {self.denoising_unet.config.in_channels} != codec "
+                             f"latent channels {latent_channels}")
+        self.latent_channels = int(latent_channels)
+        self.context_dim = int(self.denoising_unet.config.cross_attention_dim)
+        self.norm_groups = int(self.denoising_unet.config.norm_num_groups)
+        self.reference_layers = attach_reference(self.reference_unet, self.denoising_unet, ctx)
+
+    def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
+        ehs = context.repeat_interleave(latents.shape[2], dim=0)  # one token per frame (B·F, 1, D)
+        return self.denoising_unet(latents, timesteps, encoder_hidden_states=ehs, return_dict=False)[0]
+
+    def run_reference(self, ref_latents: torch.Tensor, context: torch.Tensor) -> None:
+        t0 = torch.zeros(ref_latents.shape[0], device=ref_latents.device, dtype=torch.long)
+        self.reference_unet(ref_latents, t0, encoder_hidden_states=context, return_dict=False)
+
+    def input_site(self) -> Site:
+        c0 = int(self.denoising_unet.config.block_out_channels[0])
+        return Site("conv_in", self.denoising_unet.conv_in, c0, self.latent_channels, self.norm_groups)
+
+    def attention_sites(self, blocks: Sequence[str]) -> list[Site]:
+        """The spatial attentions of the selected blocks; ``in_channels`` is the block's input width for layer 0 of
+        a down block and the block's width otherwise (what MMGT sizes its audio module by)."""
+        for b in blocks:
+            if b.split(".")[0] not in BLOCK_KINDS:
+                raise ValueError(f"attention.blocks entries must be down/mid/up[.i], got {b!r}")
+        unet = self.denoising_unet
+        parts = [("down", i, blk) for i, blk in enumerate(unet.down_blocks)]
+        parts += [("mid", 0, unet.mid_block)] if unet.mid_block is not None else []
+        parts += [("up", i, blk) for i, blk in enumerate(unet.up_blocks)]
+        sites = []
+        for kind, i, blk in parts:
+            if (kind in blocks or f"{kind}.{i}" in blocks) and hasattr(blk, "attentions"):
+                prefix = "mid_block" if kind == "mid" else f"{kind}_blocks.{i}"
+                for j, a in enumerate(blk.attentions):
+                    c_in = blk.resnets[0].in_channels if kind == "down" and j == 0 else a.config.in_channels
+                    sites.append(Site(f"{prefix}.attentions.{j}", a, int(a.config.in_channels), int(c_in),
+                                      self.norm_groups))
+        return sites
+
+    def unused_reference_parameters(self) -> list[str]:
+        """Reference-UNet parameters that cannot influence any bank entry (its output head and the layers after the
+        last written self-attention input); kept frozen so DDP never sees parameters without gradients."""
+        ref = self.reference_unet
+        names = [n for n, _ in ref.named_parameters() if n.startswith(("conv_norm_out.", "conv_out."))]
+        last = len(ref.up_blocks) - 1
+        blk = ref.up_blocks[last]
+        if hasattr(blk, "attentions"):
+            a = len(blk.attentions) - 1
+            t = len(blk.attentions[a].transformer_blocks) - 1
+            pre = f"up_blocks.{last}.attentions.{a}."
+            tails = (pre + "proj_out.",) + tuple(f"{pre}transformer_blocks.{t}.{s}."
+                                                 for s in ("attn1", "norm2", "attn2", "norm3", "ff"))
+            names += [n for n, _ in ref.named_parameters() if n.startswith(tails)]
+        return names
+
+    def parameter_groups(self) -> dict[str, list[tuple[str, nn.Parameter]]]:
+        unused = {f"reference_unet.{n}" for n in self.unused_reference_parameters()}
+        groups: dict[str, list[tuple[str, nn.Parameter]]] = {g: [] for g in ROLE_GROUPS}
+        for n, p in self.named_parameters():
+            if n.startswith("denoising_unet."):
+                groups["motion_modules" if ".motion_modules." in n else "denoising_unet"].append((n, p))
+            elif n not in unused:
+                groups["reference_unet"].append((n, p))
+        return groups
+
+    def enable_gradient_checkpointing(self) -> None:
+        self.reference_unet.enable_gradient_checkpointing()
+        self.denoising_unet.enable_gradient_checkpointing()
