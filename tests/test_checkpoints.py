@@ -265,3 +265,20 @@ def test_non_finite_guard_skips_steps_and_stops(tmp_path, caplog) -> None:
     assert all(bool(torch.isfinite(p).all()) for p in model.parameters())
     for f in tmp_path.glob("*.ckpt"):
         assert not checkpoints.non_finite(AtomicCheckpointIO().load_checkpoint(f)["state_dict"])
+
+
+def test_final_step_is_saved_after_fit(tmp_path) -> None:
+    """A run whose checkpoint callback saves every 3 steps still ends with last.ckpt at its final step (the
+    quickstart lost its last 100 SMGA steps before)."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+    from lightning.pytorch.demos.boring_classes import BoringModel
+
+    from mmgt.runner import save_final_checkpoint
+
+    cb = ModelCheckpoint(dirpath=tmp_path, filename="step-{step}", every_n_train_steps=3, save_last=True)
+    trainer = L.Trainer(max_steps=5, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                        limit_val_batches=0, callbacks=[cb], plugins=[AtomicCheckpointIO()])
+    trainer.fit(BoringModel())
+    assert checkpoints.read(tmp_path / "last.ckpt").global_step == 3
+    save_final_checkpoint(trainer)
+    assert checkpoints.read(tmp_path / "last.ckpt").global_step == 5

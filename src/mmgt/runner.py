@@ -51,6 +51,17 @@ def resolve_ckpt_path(ckpt_path: str | None, output_dir: str | Path) -> str | No
     return str(ckpt_path)
 
 
+def save_final_checkpoint(trainer: Any) -> None:
+    """Write ``last.ckpt`` at the end of fit when the checkpoint callback's last save is older than the final step
+    (it saves at validation or every n steps, so the steps after the last one would otherwise be lost)."""
+    cb = getattr(trainer, "checkpoint_callback", None)
+    if cb is None or not getattr(cb, "dirpath", None) or not getattr(cb, "save_last", False) or trainer.interrupted:
+        return
+    if getattr(cb, "_last_global_step_saved", -1) < trainer.global_step:
+        trainer.save_checkpoint(str(Path(cb.dirpath) / f"{cb.CHECKPOINT_NAME_LAST}{cb.FILE_EXTENSION}"))
+        log.info("saved the final step %d to %s", trainer.global_step, cb.dirpath)
+
+
 def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
     """Fit the configured model on the configured data; returns the final logged metrics (floats).
 
@@ -74,6 +85,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)
     trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    save_final_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     if cfg.get("test"):
         trainer.test(model, datamodule=datamodule, ckpt_path="last")
