@@ -282,3 +282,20 @@ def test_final_step_is_saved_after_fit(tmp_path) -> None:
     assert checkpoints.read(tmp_path / "last.ckpt").global_step == 3
     save_final_checkpoint(trainer)
     assert checkpoints.read(tmp_path / "last.ckpt").global_step == 5
+
+
+def test_sub_stage_b_without_init_is_refused(tmp_path) -> None:
+    """`experiment=video_stage_b` with no stage-A checkpoint used to train from a random image model, exit 0."""
+    from hydra import compose, initialize_config_dir
+
+    from mmgt.runner import check_recipe
+    from mmgt.utils.paths import CONF_DIR
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=video_stage_b", f"paths.root_dir={tmp_path}"])
+        ok = compose("train", overrides=["experiment=video_stage_b", "require_init=false"])
+        given = compose("train", overrides=["experiment=video_stage_b", "model.init_from=a.ckpt"])
+    with pytest.raises(ValueError, match="model.init_from is empty for sub-stage B"):
+        check_recipe(cfg)
+    check_recipe(ok)
+    check_recipe(given)

@@ -62,6 +62,16 @@ def save_final_checkpoint(trainer: Any) -> None:
         log.info("saved the final step %d to %s", trainer.global_step, cb.dirpath)
 
 
+def check_recipe(cfg: DictConfig) -> None:
+    """Refuse compositions that would train silently from nothing: sub-stage B (motion + audio modules on a trained
+    image model) with no ``model.init_from`` builds a random image model; ablation sweeps would then compare noise."""
+    model = cfg.get("model") or {}
+    if model.get("substage") == "b" and not model.get("init_from") and cfg.get("require_init", True):
+        raise ValueError("model.init_from is empty for sub-stage B: give the stage-A checkpoint "
+                         "(model.init_from=<run>/checkpoints/last.ckpt), or set require_init=false to train "
+                         "sub-stage B from a random image model on purpose")
+
+
 def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str, float]:
     """Fit the configured model on the configured data; returns the final logged metrics (floats).
 
@@ -70,6 +80,7 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     import lightning as L
     from hydra.utils import instantiate
 
+    check_recipe(cfg)
     L.seed_everything(cfg.get("seed", 0), workers=True)
     output_dir = cfg.paths.output_dir
     datamodule = instantiate(cfg.data)
