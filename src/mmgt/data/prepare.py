@@ -23,8 +23,7 @@ from omegaconf import DictConfig
 from mmgt.data.corpus import MANIFEST, Corpus, CorpusWriteError
 from mmgt.utils.config import to_plain
 
-BUILTIN_TASKS = ("synthetic", "validate")
-TASKS = (*BUILTIN_TASKS, "pats")  # those this repository ships (conf/task/*.yaml)
+BUILTIN_TASKS = ("synthetic", "validate")  # every other task is an importer named in its conf/task/<name>.yaml
 
 
 class Importer(Protocol):
