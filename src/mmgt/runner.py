@@ -81,6 +81,9 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     from hydra.utils import instantiate
 
     check_recipe(cfg)
+    # fixes the initial weights; the training randomness, window order and per-window draws are derived from this
+    # seed and the (epoch, batch) position (mmgt.lit.resume, mmgt.data.sampling), so a resumed run reseeding here
+    # still continues exactly where the checkpoint left off
     L.seed_everything(cfg.get("seed", 0), workers=True)
     output_dir = cfg.paths.output_dir
     datamodule = instantiate(cfg.data)
