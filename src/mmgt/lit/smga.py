@@ -127,6 +127,11 @@ class SMGAModule(ResumableTraining, L.LightningModule):
             self.ema = None
         return self
 
+    def sampling_settings(self) -> dict[str, Any]:
+        """The recorded DDIM settings of :meth:`sample_poses` (defaults filled in): steps, guidance, eta, overlap."""
+        s = self.hparams.sampling
+        return {k: s[k] for k in ("steps", "guidance", "eta", "overlap")}
+
     @property
     def sampling_net(self) -> nn.Module:
         """The EMA network when enabled, else the trained one."""

@@ -326,12 +326,20 @@ class VideoModule(ResumableTraining, L.LightningModule):
             self.ema.update([p for _, p in self._trainable_params()])
 
     # ------------------------------------------------------------------------------------------ sampling
+    def sampling_settings(self) -> dict[str, Any]:
+        """The recorded sampling settings with their defaults filled in (what :meth:`sampler` and the generation
+        pipeline sample with); ``branch_weights`` resolved (null: the training weights)."""
+        s = self.hparams.sampling
+        return {"steps": int(s.get("steps", 30)), "guidance": float(s.get("guidance", 3.5)),
+                "context_frames": int(s.get("context_frames", 12)), "context_overlap": int(s.get("context_overlap", 4)),
+                "eta": float(s.get("eta", 0.0)), "beta_schedule": s.get("beta_schedule"),
+                "branch_weights": self.sample_branch_weights()}
+
     def sampler(self, **overrides: Any) -> VideoSampler:
-        s = {**self.hparams.sampling, **overrides}
-        return VideoSampler(self.net, self.scheduler, steps=int(s.get("steps", 30)),
-                            guidance=float(s.get("guidance", 3.5)), context_frames=int(s.get("context_frames", 12)),
-                            context_overlap=int(s.get("context_overlap", 4)), eta=float(s.get("eta", 0.0)),
-                            beta_schedule=s.get("beta_schedule"))
+        s = {**self.sampling_settings(), **overrides}
+        return VideoSampler(self.net, self.scheduler, steps=int(s["steps"]), guidance=float(s["guidance"]),
+                            context_frames=int(s["context_frames"]), context_overlap=int(s["context_overlap"]),
+                            eta=float(s["eta"]), beta_schedule=s["beta_schedule"])
 
     def sample_branch_weights(self) -> list[float] | None:
         bw = self.hparams.sampling.get("branch_weights")
