@@ -299,3 +299,16 @@ def test_sub_stage_b_without_init_is_refused(tmp_path) -> None:
         check_recipe(cfg)
     check_recipe(ok)
     check_recipe(given)
+
+
+def test_optimiser_state_from_a_list_setting_loads_weights_only(tmp_path) -> None:
+    """experiment=smga_pats gives timm's Adan `betas` as a list: its state must stay plain (weights_only loads)."""
+    from mmgt.utils.config import instantiate_partial
+
+    lin = torch.nn.Linear(3, 2)
+    opt = instantiate_partial({"_target_": "timm.optim.Adan", "_partial_": True, "lr": 1e-3,
+                               "betas": [0.98, 0.92, 0.99]})(params=lin.parameters())
+    lin(torch.randn(4, 3)).sum().backward()
+    opt.step()
+    torch.save({"state_dict": lin.state_dict(), "optimizer_states": [opt.state_dict()]}, tmp_path / "o.ckpt")
+    assert checkpoints.load_torch(tmp_path / "o.ckpt")["optimizer_states"][0]["param_groups"][0]["betas"]

@@ -25,9 +25,12 @@ def to_plain(obj: Any) -> Any:
 
 
 def instantiate_partial(cfg: dict | None, **kwargs: Any) -> Any:
-    """Instantiate a plain-dict Hydra node (``_target_`` [+ ``_partial_``]) with extra kwargs; None -> None."""
+    """Instantiate a plain-dict Hydra node (``_target_`` [+ ``_partial_``]) with extra kwargs; None -> None.
+
+    Arguments arrive as plain lists/dicts (``_convert_="all"``): an OmegaConf ``ListConfig`` (e.g. Adan's ``betas``)
+    would otherwise land in the optimiser state and make the checkpoint unloadable with ``weights_only=True``."""
     if cfg is None:
         return None
     from hydra.utils import instantiate
 
-    return instantiate(dict(cfg), **kwargs)
+    return instantiate({"_convert_": "all", **dict(cfg)}, **kwargs)
