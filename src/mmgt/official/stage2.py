@@ -1,14 +1,11 @@
-"""Released stage-2 checkpoint (MMGT ``net-*.pth``, the official ``Net.state_dict()``) -> mmgt
-:class:`~mmgt.models.video.VideoNet`.
+"""Released stage-2 checkpoints -> mmgt :class:`~mmgt.models.video.VideoNet` weights.
 
-The official file holds four prefixes: ``reference_unet.`` (MMGT's 2-D UNet copy, without ``conv_norm_out`` /
-``conv_out``), ``denoising_unet.`` (the inflated 3-D UNet with AnimateDiff ``motion_modules`` and MM-HAA
-``audio_modules``), ``pose_guider.`` and ``audioproj.``. The UNet layouts are SD's, so every UNet tensor keeps its
-name in diffusers' ``UNet2DConditionModel`` / ``UNetMotionModel``; the AnimateDiff temporal transformers are renamed
-(``temporal_transformer.`` dropped, ``attention_blocks.0/1`` -> ``attn1/attn2``, ``norms.0/1`` -> ``norm1/norm2``,
-``ff_norm`` -> ``norm3``, the two equal ``pos_encoder.pe`` tables -> the block's one ``pos_embed.pe``), the audio
-modules become :class:`~mmgt.models.video.mmhaa.OfficialAudioModule` s, the pose guider diffusers'
-``ControlNetConditioningEmbedding`` and the audio projection mmgt's MLP. Parameters are cast to float32.
+:func:`convert_net`: the Net file (``process_2/net-*.pth``, the official ``Net.state_dict()``) with four prefixes:
+``reference_unet.`` (MMGT's 2-D UNet copy, without ``conv_norm_out`` / ``conv_out``), ``denoising_unet.`` (the
+inflated 3-D UNet with AnimateDiff ``motion_modules`` and MM-HAA ``audio_modules``), ``pose_guider.`` and
+``audioproj.``. :func:`convert_stage_a`: the sub-stage A files (``process_1/*.pth``, one bare part each) -> a partial
+state dict to start sub-stage B from. Names go through :func:`mmgt.official.names.official_name` (one mapping for
+both); parameters are cast to float32.
 
 The network size is read from tensor shapes; what shapes do not show (attention heads, GroupNorm groups, the audio
 window (window, layers, dim)) are arguments with the released values. Strict: every official tensor is placed (or,
@@ -28,54 +25,15 @@ from typing import Any
 import torch
 
 from mmgt.official import Conversion, ConversionError, missing_keys_error, read_official
+from mmgt.official.names import BRANCHES, EXTERNAL, PREFIXES, official_name
 
 WHAT = "MMGT stage-2 Net checkpoint (net-*.pth: reference_unet., denoising_unet., pose_guider., audioproj.)"
-PREFIXES = ("reference_unet.", "denoising_unet.", "pose_guider.", "audioproj.")
 # released values that tensor shapes do not show
 RELEASED_HEADS = 8
 RELEASED_GROUPS = 32
 RELEASED_AUDIO_SHAPE = (5, 12, 768)  # wav2vec window (i-2..i+2), 12 hidden layers, 768 dims
-# mmgt tensors the official file cannot fill: frozen parts loaded from their own files, and the reference UNet's
-# output head, which MMGT's copy of the UNet does not have and the forward never reads
-EXTERNAL = ("codec.", "image_encoder.", "reference_unet.conv_norm_out.", "reference_unet.conv_out.")
+RELEASED_MOTION_LEN = 32  # motion modules' temporal_position_encoding_max_len (not in sub-stage A files)
 STAND_IN_ENCODER = {"type": "conv", "channels": [8]}
-BRANCHES = ("full", "face", "lip")  # official zero-conv names, in branch order (attn2_0, attn2_1, attn2_2)
-
-# mmgt motion-module sub-name prefix -> official (below ``temporal_transformer.``), per transformer block
-_MOTION = {"attn1.": "attention_blocks.0.", "attn2.": "attention_blocks.1.", "norm1.": "norms.0.",
-           "norm2.": "norms.1.", "norm3.": "ff_norm.", "pos_embed.pe": "attention_blocks.0.pos_encoder.pe"}
-# mmgt OfficialAudioModule sub-name prefix -> official
-_AUDIO = {**{f"{n}.": f"transformer_blocks.0.{n}." for n in ("norm1", "attn1", "norm2", "norm3", "ff")},
-          **{f"attn.{k}.": f"transformer_blocks.0.attn2_{k}." for k in range(len(BRANCHES))},
-          **{f"proj.{k}.": f"transformer_blocks.0.zero_conv_{b}." for k, b in enumerate(BRANCHES)}}
-_AUDIO_PROJ = {"mlp.0.": "proj1.", "mlp.2.": "proj2.", "mlp.4.": "proj3.", "norm.": "norm."}
-
-
-def _sub(name: str, table: Mapping[str, str]) -> str:
-    for a, o in table.items():
-        if name.startswith(a):
-            return o + name[len(a):]
-    return name
-
-
-def official_name(name: str) -> str:
-    """The official ``Net.state_dict()`` name of an mmgt ``VideoNet`` tensor (the converter's one mapping)."""
-    m = re.match(r"denoising_unet\.(.+\.motion_modules\.\d+)\.(.+)$", name)
-    if m:
-        sub = m.group(2)
-        t = re.match(r"(transformer_blocks\.\d+\.)(.+)$", sub)
-        if t:
-            sub = t.group(1) + _sub(t.group(2), _MOTION)
-        return f"denoising_unet.{m.group(1)}.temporal_transformer.{sub}"
-    m = re.match(r"audio_modules\.(down_blocks|up_blocks|mid_block)_(?:(\d+)_)?attentions_(\d+)\.(.+)$", name)
-    if m:
-        blk = m.group(1) + (f".{m.group(2)}" if m.group(2) is not None else "")
-        return f"denoising_unet.{blk}.audio_modules.{m.group(3)}.{_sub(m.group(4), _AUDIO)}"
-    if name.startswith("pose_guider.embed."):
-        return "pose_guider." + name[len("pose_guider.embed."):]
-    if name.startswith("audio_proj."):
-        return "audioproj." + _sub(name[len("audio_proj."):], _AUDIO_PROJ)
-    return name
 
 
 def _count(keys: Sequence[str], prefix: str) -> int:
@@ -83,10 +41,53 @@ def _count(keys: Sequence[str], prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def _shape(shapes: Mapping[str, Sequence[int]], key: str, source: str) -> tuple[int, ...]:
+def _shape(shapes: Mapping[str, Sequence[int]], key: str, source: str, what: str = WHAT) -> tuple[int, ...]:
     if key not in shapes:
-        raise missing_keys_error(source, WHAT, [key])
+        raise missing_keys_error(source, what, [key])
     return tuple(int(s) for s in shapes[key])
+
+
+def _unet_config(shapes: Mapping[str, Sequence[int]], source: str, prefix: str, heads: int, norm_groups: int,
+                 motion_heads: int, motion_max_seq_length: int, what: str = WHAT) -> dict[str, Any]:
+    """The ``size.video.unet`` block of the SD-layout UNet under ``prefix`` (either official UNet: the Net's
+    denoising / reference UNet or a sub-stage A file); the motion settings are passed, shapes do not show them."""
+    keys = list(shapes)
+    n_down = _count(keys, prefix + "down_blocks")
+    if n_down == 0:
+        raise missing_keys_error(source, what, [prefix + "down_blocks.0.resnets.0.conv1.weight"])
+    widths = [_shape(shapes, f"{prefix}down_blocks.{i}.resnets.0.conv1.weight", source, what)[0]
+              for i in range(n_down)]
+    kinds = ["cross" if any(k.startswith(f"{prefix}down_blocks.{i}.attentions.") for k in keys) else "plain"
+             for i in range(n_down)]
+    if "cross" not in kinds:
+        raise ConversionError(f"{source}: the UNet has no cross-attention block")
+    first = kinds.index("cross")
+    cross_dim = _shape(shapes, f"{prefix}down_blocks.{first}.attentions.0.transformer_blocks.0.attn2.to_k.weight",
+                       source, what)[1]
+    return dict(block_out_channels=widths, layers_per_block=_count(keys, prefix + "down_blocks.0.resnets"),
+                down_blocks=kinds, heads=int(heads), cross_attention_dim=int(cross_dim),
+                norm_num_groups=int(norm_groups), motion_heads=int(motion_heads),
+                motion_max_seq_length=int(motion_max_seq_length), pretrained=None, motion_adapter=None,
+                motion_norm="per_frame")
+
+
+def _pose_guider_channels(shapes: Mapping[str, Sequence[int]], source: str, what: str = WHAT) -> list[int]:
+    """``size.video.pose_guider.channels`` of the official pose guider (names under ``pose_guider.``)."""
+    n_pg = _count(list(shapes), "pose_guider.blocks")
+    pg = [_shape(shapes, "pose_guider.conv_in.weight", source, what)[0]]
+    return pg + [_shape(shapes, f"pose_guider.blocks.{2 * i + 1}.weight", source, what)[0] for i in range(n_pg // 2)]
+
+
+def _video_block(unet: Mapping[str, Any] | None, pose_channels: Sequence[int] | None) -> dict[str, Any]:
+    """``size.video`` with the SD-1.5 codec / CLIP image encoder (no paths) around the converted parts."""
+    factor = 2 ** (len(pose_channels) - 1) if pose_channels else 8
+    video: dict[str, Any] = dict(codec=dict(type="vae", path=None, scaling_factor=0.18215, factor=factor),
+                                 image_encoder=dict(type="clip", path=None), reference_bank_dtype="float16")
+    if unet is not None:
+        video["unet"] = dict(unet)
+    if pose_channels is not None:
+        video["pose_guider"] = dict(channels=list(pose_channels), pretrained=None)
+    return video
 
 
 def infer_config(shapes: Mapping[str, Sequence[int]], source: str = "state dict", heads: int = RELEASED_HEADS,
@@ -97,30 +98,16 @@ def infer_config(shapes: Mapping[str, Sequence[int]], source: str = "state dict"
     ``num_branches`` (what the DataModule's ``info()`` normally provides)."""
     keys = list(shapes)
     d = "denoising_unet."
-    n_down = _count(keys, d + "down_blocks")
-    if n_down == 0:
+    if _count(keys, d + "down_blocks") == 0:
         raise missing_keys_error(source, WHAT, [d + "down_blocks.0.resnets.0.conv1.weight"])
-    widths = [_shape(shapes, f"{d}down_blocks.{i}.resnets.0.conv1.weight", source)[0] for i in range(n_down)]
-    kinds = ["cross" if any(k.startswith(f"{d}down_blocks.{i}.attentions.") for k in keys) else "plain"
-             for i in range(n_down)]
-    if "cross" not in kinds:
-        raise ConversionError(f"{source}: the denoising UNet has no cross-attention block")
-    first = kinds.index("cross")
-    cross_dim = _shape(shapes, f"{d}down_blocks.{first}.attentions.0.transformer_blocks.0.attn2.to_k.weight",
-                       source)[1]
     pe = [k for k in keys if k.startswith(d) and k.endswith("pos_encoder.pe")]
     if not pe:
         raise ConversionError(f"{source}: no motion modules (denoising_unet.*.motion_modules.*); a sub-stage A "
                               "denoising UNet is not a stage-2 Net")
-    unet = dict(block_out_channels=widths, layers_per_block=_count(keys, d + "down_blocks.0.resnets"),
-                down_blocks=kinds, heads=int(heads), cross_attention_dim=int(cross_dim),
-                norm_num_groups=int(norm_groups), motion_heads=int(motion_heads),
-                motion_max_seq_length=_shape(shapes, pe[0], source)[1], pretrained=None, motion_adapter=None,
-                motion_norm="per_frame")
+    unet = _unet_config(shapes, source, d, heads, norm_groups, motion_heads, _shape(shapes, pe[0], source)[1])
+    widths, kinds = unet["block_out_channels"], unet["down_blocks"]
     latent = _shape(shapes, d + "conv_in.weight", source)[1]
-    n_pg = _count(keys, "pose_guider.blocks")
-    pg = [_shape(shapes, "pose_guider.conv_in.weight", source)[0]]
-    pg += [_shape(shapes, f"pose_guider.blocks.{2 * i + 1}.weight", source)[0] for i in range(n_pg // 2)]
+    pg = _pose_guider_channels(shapes, source)
     if _shape(shapes, "pose_guider.conv_out.weight", source)[0] != widths[0]:
         raise ConversionError(f"{source}: pose guider output {shapes['pose_guider.conv_out.weight'][0]} channels "
                               f"!= the UNet's first width {widths[0]}")
@@ -142,11 +129,9 @@ def infer_config(shapes: Mapping[str, Sequence[int]], source: str = "state dict"
     if n_branches != len(BRANCHES):
         raise ConversionError(f"{source}: audio modules with {n_branches} cross-attention branches, MMGT's block has "
                               f"{len(BRANCHES)} ({', '.join(BRANCHES)})")
-    video = dict(codec=dict(type="vae", path=None, scaling_factor=0.18215, factor=2 ** (len(pg) - 1)),
-                 image_encoder=dict(type="clip", path=None), unet=unet,
-                 pose_guider=dict(channels=pg, pretrained=None),
-                 audio_proj=dict(hidden_dim=int(hidden), tokens=int(tokens), dim=int(dim)),
-                 audio_attention=dict(heads=int(heads)), reference_bank_dtype="float16")
+    video = _video_block(unet, pg)
+    video.update(audio_proj=dict(hidden_dim=int(hidden), tokens=int(tokens), dim=int(dim)),
+                 audio_attention=dict(heads=int(heads)))
     attention = dict(type="mm_haa", module="mmgt.models.video.mmhaa.OfficialAudioModule", blocks=blocks,
                      branch_weights=None, n_branches=n_branches)
     return dict(video=video, attention=attention, audio_embed_shape=audio_shape, num_branches=n_branches,
@@ -186,10 +171,20 @@ def _build_meta(cfg: Mapping[str, Any]):
                         load_weights=False, attention_module=att["module"])
 
 
-def _convert_state(state: Mapping[str, Any], source: str, **sizes: Any) -> Conversion:
+def _take(t: torch.Tensor) -> torch.Tensor:
+    """A converted tensor: float32 (the released files keep some parts in float16), detached from the file."""
+    t = t.detach().to(torch.float32) if t.is_floating_point() else t.detach()
+    return t if t.device.type == "meta" else t.clone()
+
+
+def _check_tensors(state: Mapping[str, Any], source: str) -> None:
     bad = [k for k, v in state.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ConversionError(f"{source}: entries that are not tensors: {', '.join(map(str, bad[:5]))}")
+
+
+def _convert_state(state: Mapping[str, Any], source: str, **sizes: Any) -> Conversion:
+    _check_tensors(state, source)
     foreign = [k for k in state if not str(k).startswith(PREFIXES)]
     if foreign:
         raise ConversionError(f"{source}: {len(foreign)} tensors outside {PREFIXES}, first: "
@@ -209,8 +204,7 @@ def _convert_state(state: Mapping[str, Any], source: str, **sizes: Any) -> Conve
         if tuple(t.shape) != tuple(ref[name].shape):
             raise ConversionError(f"{source}: {off} {tuple(t.shape)} does not fit mmgt's {name} "
                                   f"{tuple(ref[name].shape)}")
-        t = t.detach().to(torch.float32) if t.is_floating_point() else t.detach()
-        out[name] = t if t.device.type == "meta" else t.clone()
+        out[name] = _take(t)
     placed = set(plan.values())
     dup = [k for k in state if k not in placed and re.search(r"attention_blocks\.[1-9]\d*\.pos_encoder\.pe$", k)]
     for k in dup:  # diffusers' block holds one positional table for both temporal attentions
@@ -248,6 +242,179 @@ def convert_net_shapes(shapes: Mapping[str, Sequence[int]], source: str = "key l
     weights: checks that the strict rules place every tensor at full size."""
     state = {k: torch.empty(tuple(int(s) for s in v), device="meta") for k, v in shapes.items()}
     return _convert_state(_select_state(state, source), source, **sizes)
+
+
+# sub-stage A files (stage_2/process_1/*.pth): bare state dicts of one Net part each; keyword = VideoNet part = the
+# Net prefix the naming tables map it under
+STAGE_A = {
+    "reference_unet": "MMGT sub-stage A reference UNet (process_1/reference_unet-*.pth: 2-D UNet, no conv_out)",
+    "denoising_unet": "MMGT sub-stage A denoising UNet (process_1/denoising_unet-*.pth: 2-D UNet, no motion or "
+                      "audio modules)",
+    "pose_guider": "MMGT sub-stage A pose guider (process_1/pose_guider-*.pth)",
+}
+_A_KINDS = {"net": "the stage-2 Net (process_2/net-*.pth; convert it with convert_net)",
+            "stage1": "the stage-1 SMGA checkpoint (convert it with mmgt.official.smga)",
+            "motion": "a UNet with motion / audio modules (a stage-2 Net part, not a sub-stage A file)",
+            "reference_unet": "a UNet without conv_norm_out / conv_out: the reference UNet (pass it as "
+                              "reference_unet=) or a truncated file",
+            "denoising_unet": "a UNet with conv_out: the denoising UNet (pass it as denoising_unet=)",
+            "pose_guider": "a pose guider (pass it as pose_guider=)"}
+
+
+def _stage_a_kind(keys: Sequence[str]) -> str | None:
+    """Which MMGT file a bare state dict's names say it is (None: none of them)."""
+    if any(k.startswith(PREFIXES) for k in keys):
+        return "net"
+    if any(k in ("ema_state_dict", "model_state_dict") for k in keys):
+        return "stage1"
+    if any(".motion_modules." in k or ".audio_modules." in k for k in keys):
+        return "motion"
+    if any(k.startswith("down_blocks.") for k in keys):
+        return "denoising_unet" if any(k.startswith("conv_out.") for k in keys) else "reference_unet"
+    if any(k.startswith("blocks.") for k in keys) and "conv_in.weight" in keys:
+        return "pose_guider"
+    return None
+
+
+def _stage_a_state(part: str, obj: Mapping[str, Any], source: str) -> dict[str, Any]:
+    """The file's tensors under their Net names (``<part>.<name>``); files of another kind are refused."""
+    if "state_dict" in obj and isinstance(obj["state_dict"], Mapping):
+        obj = obj["state_dict"]
+    keys = [str(k) for k in obj]
+    kind = _stage_a_kind(keys)
+    if kind != part:
+        what = _A_KINDS[kind] if kind else f"none of MMGT's files (first keys: {', '.join(sorted(keys)[:6])})"
+        raise ConversionError(f"{source}: this is {what}, not the {STAGE_A[part]}")
+    _check_tensors(obj, source)
+    return {f"{part}.{k}": v for k, v in obj.items()}
+
+
+def _stage_a_modules(states: Mapping[str, Mapping[str, Any]], sources: Mapping[str, str],
+                     heads: int = RELEASED_HEADS, norm_groups: int = RELEASED_GROUPS,
+                     motion_heads: int = RELEASED_HEADS, motion_max_seq_length: int = RELEASED_MOTION_LEN):
+    """Config of the given parts and the mmgt modules they fill, built on the meta device."""
+    from mmgt.models.video import PoseGuider
+    from mmgt.models.video.unet import build_denoising_unet, build_reference_unet
+
+    shapes = {p: {k: tuple(v.shape) for k, v in st.items()} for p, st in states.items()}
+    unets = {p: _unet_config(shapes[p], sources[p], f"{p}.", heads, norm_groups, motion_heads,
+                             motion_max_seq_length, STAGE_A[p]) for p in ("reference_unet", "denoising_unet")
+             if p in states}
+    latent = {p: _shape(shapes[p], f"{p}.conv_in.weight", sources[p], STAGE_A[p])[1] for p in unets}
+    if len(unets) == 2 and (unets["reference_unet"] != unets["denoising_unet"] or len(set(latent.values())) > 1):
+        raise ConversionError(f"{sources['reference_unet']} and {sources['denoising_unet']}: the two UNets have "
+                              "different layouts (MMGT's reference UNet is a copy of the denoising UNet)")
+    unet = next(iter(unets.values()), None)
+    pg = None
+    if "pose_guider" in states:
+        src = sources["pose_guider"]
+        pg = _pose_guider_channels(shapes["pose_guider"], src, STAGE_A["pose_guider"])
+        c0 = _shape(shapes["pose_guider"], "pose_guider.conv_out.weight", src, STAGE_A["pose_guider"])[0]
+        if unet is not None and c0 != unet["block_out_channels"][0]:
+            raise ConversionError(f"{src}: pose guider output {c0} channels != the UNet's first width "
+                                  f"{unet['block_out_channels'][0]}")
+    builders = {"reference_unet": lambda: build_reference_unet(unet, latent["reference_unet"]),
+                "denoising_unet": lambda: build_denoising_unet(unet, latent["denoising_unet"]),
+                "pose_guider": lambda: PoseGuider(c0, tuple(pg))}
+    try:
+        with torch.device("meta"):
+            modules = {p: builders[p]() for p in states}
+    except ValueError as err:
+        raise ConversionError(f"{', '.join(sources.values())}: inferred config is not a valid mmgt VideoNet part "
+                              f"({err})") from err
+    config = dict(video=_video_block(unet, pg), parts=list(states),
+                  latent_channels=next(iter(latent.values()), None))
+    return config, modules
+
+
+def _convert_stage_a(objs: Mapping[str, tuple[Mapping[str, Any], str]], **sizes: Any) -> Conversion:
+    if not objs:
+        raise ConversionError("nothing to convert: give reference_unet=, denoising_unet= and/or pose_guider= "
+                              "(the stage_2/process_1/*.pth files)")
+    states = {p: _stage_a_state(p, obj, src) for p, (obj, src) in objs.items()}
+    sources = {p: src for p, (_, src) in objs.items()}
+    config, modules = _stage_a_modules(states, sources, **sizes)
+    out: dict[str, torch.Tensor] = {}
+    for part, module in modules.items():
+        src, state, what = sources[part], states[part], STAGE_A[part]
+        # every mmgt tensor of the part but those the sub-stage A Net does not have (motion modules: sub-stage B)
+        ref = module.state_dict()
+        plan = {n: official_name(n) for n in (f"{part}.{k}" for k in ref)
+                if not n.startswith(EXTERNAL) and ".motion_modules." not in n}
+        missing = [o[len(part) + 1:] for o in plan.values() if o not in state]
+        if missing:
+            raise missing_keys_error(src, what, missing)
+        for name, off in plan.items():
+            t, want = state[off], tuple(ref[name[len(part) + 1:]].shape)
+            if tuple(t.shape) != want:
+                raise ConversionError(f"{src}: {off[len(part) + 1:]} {tuple(t.shape)} does not fit mmgt's {name} "
+                                      f"{want}")
+            out[name] = _take(t)
+        unplaced = sorted(k[len(part) + 1:] for k in set(state) - set(plan.values()))
+        if unplaced:
+            raise ConversionError(f"{src}: {len(unplaced)} tensors have no place in mmgt's {part}, first: "
+                                  f"{', '.join(unplaced[:5])}")
+    return Conversion(state_dict=out, config=config, source=", ".join(sources.values()))
+
+
+def convert_stage_a(reference_unet: str | Path | Mapping[str, Any] | None = None,
+                    denoising_unet: str | Path | Mapping[str, Any] | None = None,
+                    pose_guider: str | Path | Mapping[str, Any] | None = None, heads: int = RELEASED_HEADS,
+                    norm_groups: int = RELEASED_GROUPS, motion_heads: int = RELEASED_HEADS,
+                    motion_max_seq_length: int = RELEASED_MOTION_LEN) -> Conversion:
+    """Official sub-stage A files (``stage_2/process_1/{reference_unet,denoising_unet,pose_guider}-*.pth``; path,
+    loaded dict or bare state dict; any subset) -> a *partial* VideoNet state dict (float32, mmgt names through the
+    same tables as :func:`convert_net`) to start sub-stage B from the official stage A: write it with
+    :func:`write_converted` and set ``model.init_from`` to that file. The motion modules (AnimateDiff's, loaded at
+    build time from ``unet.motion_adapter``), audio modules and audio projection are not in these files and keep
+    their build-time values.
+
+    Strict per file: every tensor placed, every mmgt tensor of the part filled (the reference UNet's output head
+    excepted, as in :func:`convert_net`), a file of another kind refused naming it. ``Conversion.config``: ``video``
+    (``size.video`` blocks of the given parts; the motion settings are the arguments), ``parts``,
+    ``latent_channels``."""
+    objs = {}
+    for part, given in (("reference_unet", reference_unet), ("denoising_unet", denoising_unet),
+                        ("pose_guider", pose_guider)):
+        if isinstance(given, (str, Path)):
+            objs[part] = (read_official(given, STAGE_A[part]), str(given))
+        elif given is not None:
+            objs[part] = (given, f"{part} state dict")
+    return _convert_stage_a(objs, heads=heads, norm_groups=norm_groups, motion_heads=motion_heads,
+                            motion_max_seq_length=motion_max_seq_length)
+
+
+def convert_stage_a_shapes(reference_unet: Mapping[str, Sequence[int]] | None = None,
+                           denoising_unet: Mapping[str, Sequence[int]] | None = None,
+                           pose_guider: Mapping[str, Sequence[int]] | None = None,
+                           sources: Mapping[str, str] | None = None, **sizes: Any) -> Conversion:
+    """:func:`convert_stage_a` of name -> shape lists (e.g. the full-size key lists of the released files) on the
+    meta device, no weights; ``sources`` names each list in errors (default ``<part> key list``)."""
+    objs = {}
+    for part, shapes in (("reference_unet", reference_unet), ("denoising_unet", denoising_unet),
+                         ("pose_guider", pose_guider)):
+        if shapes is not None:
+            state = {k: torch.empty(tuple(int(s) for s in v), device="meta") for k, v in shapes.items()}
+            objs[part] = (state, (sources or {}).get(part, f"{part} key list"))
+    return _convert_stage_a(objs, **sizes)
+
+
+def write_converted(conv: Conversion, path: str | Path) -> Path:
+    """Write a conversion's state dict as a plain ``.safetensors`` state dict (what ``model.init_from`` reads through
+    :func:`mmgt.checkpoints.net_state`), atomically; the source and config go into the metadata."""
+    import json
+
+    from safetensors.torch import save_file
+
+    from mmgt.data.video_io import atomic_path
+
+    if any(t.device.type == "meta" for t in conv.state_dict.values()):
+        raise ConversionError(f"{conv.source}: a shapes-only conversion (meta device) has no weights to write")
+    out = Path(path)
+    meta = {"format": "mmgt.official.converted", "source": conv.source, "config": json.dumps(conv.config)}
+    with atomic_path(out) as tmp:
+        save_file({k: v.contiguous() for k, v in conv.state_dict.items()}, str(tmp), metadata=meta)
+    return out
 
 
 def build_converted(conv: Conversion, video: Mapping[str, Any] | None = None, load_weights: bool = False,
