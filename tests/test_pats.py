@@ -240,29 +240,34 @@ def test_second_run_does_nothing_and_resume_redoes_only_unfinished(corpus_root: 
     assert prepare_pats(cfg) == 0  # and the entry point agrees
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_full_disk_is_one_line_naming_the_final_file_and_a_rerun_resumes(
-        raw: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture) -> None:
+        workers: int, raw: dict, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
     """Issue 17: the clip is built in a staging folder, yet the error names the file the corpus wanted; the run
-    stops there (no interval after it is decoded for nothing) and leaves nothing under a final name."""
+    stops there (no interval after it is decoded for nothing; in a pool, the jobs not started are cancelled) and
+    leaves nothing under a final name. Forked workers inherit the full disk."""
     from mmgt.data.prepare import run
 
     root = tmp_path / "corpus"
-    cfg = _prepare_cfg(raw, tmp_path, root, "pats.workers=1", "pats.speakers=[oliver]")
+    cfg = _prepare_cfg(raw, tmp_path, root, f"pats.workers={workers}", "pats.mp_context=fork",
+                       "pats.speakers=[oliver]")
     real, calls = np.save, [0]
 
-    def full(fh, arr, *args, **kwargs):  # the first clip's keypoints: a few bytes, then the disk is full
+    def full(fh, arr, *args, **kwargs):  # a clip's keypoints: a few bytes, then the disk is full
         calls[0] += 1
         fh.write(b"\x93NUMPY")
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), fh.name)
 
     monkeypatch.setattr(np, "save", full)
     assert run(cfg) == 1
-    err = capsys.readouterr().err
-    assert err.strip().splitlines() == [f"ERROR {root / 'clips' / 'oliver-101' / 'keypoints.npy'}: cannot write "
-                                        f"(No space left on device [Errno {errno.ENOSPC}])"]
-    assert calls[0] == 1  # stopped at the first failed write
-    assert not (root / "clips" / "oliver-101").exists() and not (root / MANIFEST).exists()
-    assert leftovers(root) == [] and not list((root / ".pats").rglob("*.npy"))  # the staging copy is gone too
+    (line,) = capsys.readouterr().err.strip().splitlines()
+    first = "oliver-101" if workers == 1 else line.split("/clips/")[-1].split("/")[0]
+    assert line == (f"ERROR {root / 'clips' / first / 'keypoints.npy'}: cannot write "
+                    f"(No space left on device [Errno {errno.ENOSPC}])")
+    assert calls[0] == (1 if workers == 1 else 0)  # in-process: stopped at the first failed write
+    assert not (root / "clips").exists() and not (root / MANIFEST).exists()
+    assert leftovers(root) == [] and not list((root / ".pats").rglob("*.npy"))  # the staging copies are gone too
     monkeypatch.setattr(np, "save", real)  # space freed: the rerun writes the clips
     assert run(cfg) == 0
     assert {r.clip_id for r in Corpus(root)} == {"oliver-101", "oliver-102", "oliver-105"}

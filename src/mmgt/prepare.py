@@ -1,4 +1,5 @@
-"""``python -m mmgt.prepare task=synthetic|validate|pats data.root=...``: build or check a corpus."""
+"""``python -m mmgt.prepare task=synthetic|validate|pats data.root=...``: build or check a corpus (a task is a file
+``conf/task/<name>.yaml``; dataset importers add their own, see :mod:`mmgt.data.prepare`)."""
 
 from __future__ import annotations
 
