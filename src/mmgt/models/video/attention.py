@@ -43,6 +43,7 @@ class AudioAttentionVariant(nn.ModuleDict):
     alias: ClassVar[str | None] = None  # the ``attention.type`` naming this class
     uses_audio: ClassVar[bool] = True  # False: no audio projection, no audio modules
     masked: ClassVar[bool] = False  # region masks gate the branches (the batch must carry them)
+    default_module: ClassVar[str | type | None] = None  # audio block when ``module`` is null (None: the compact)
 
     def __init__(self, backbone: Backbone, audio_dim: int, heads: int, mask_branches: int | None = None,
                  module: str | type | None = None, blocks: Sequence[str] = ("down",), n_branches: int | None = None,
@@ -58,7 +59,7 @@ class AudioAttentionVariant(nn.ModuleDict):
         self.module_class: type | None = None
         if not self.uses_audio:
             return
-        self.module_class = audio_module_class(module)
+        self.module_class = audio_module_class(module or self.default_module)
         self.sites = backbone.attention_sites(self.blocks)
         if not self.sites:
             raise ValueError(f"attention.blocks={self.blocks} selects no attention site of the "

@@ -29,7 +29,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 import torch
 from torch import nn
@@ -79,7 +79,6 @@ class Backbone(nn.Module, ABC):
     Constructed as ``cls(ctx=..., latent_channels=..., load_weights=..., key=..., **config)``.
     """
 
-    groups: ClassVar[tuple[str, ...]] = ROLE_GROUPS
     latent_channels: int
     context_dim: int
 
