@@ -18,21 +18,10 @@ from mmgt.errors import CheckpointError
 from mmgt.lit.checkpoint_io import AtomicCheckpointIO
 from mmgt.lit.smga import SMGAModule
 from mmgt.lit.video import VideoModule
-from mmgt.pose.masks import MaskConfig
 from mmgt.runner import resolve_ckpt_path
+from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, video_info
 
-SMGA_NET = dict(width=32, ff_size=64, num_layers=1, num_heads=2, audio_layers=1, dropout=0.0)
-SMGA_INFO = dict(audio_feature_dim=66, window=16, frame_size=[64, 64], fps=25.0,
-                 normalizer=dict(width=64, height=64, margin=0.5, legacy=False))
-VIDEO_NET = dict(
-    codec=dict(type="pixel", factor=4), image_encoder=dict(type="conv", channels=[8, 16]),
-    unet=dict(block_out_channels=[16, 32], layers_per_block=1, down_blocks=["cross", "cross"], heads=2,
-              cross_attention_dim=16, norm_num_groups=8, motion_heads=2, motion_max_seq_length=32),
-    pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
-    audio_attention=dict(heads=2),
-)
-VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
-                  mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
+SMGA_NET, SMGA_INFO, VIDEO_NET, VIDEO_INFO = SMGA_NET, SMGA_INFO, GEN_VIDEO_NET, video_info()
 
 
 class _Payload:

@@ -7,3 +7,17 @@ VIDEO_NET = dict(
     pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
     audio_attention=dict(heads=2),
 )
+
+# the stage modules the generation and checkpoint tests save and reload
+SMGA_NET = dict(width=32, ff_size=64, num_layers=1, num_heads=2, audio_layers=1, dropout=0.0)
+SMGA_INFO = dict(audio_feature_dim=66, window=16, frame_size=[64, 64], fps=25.0,
+                 normalizer=dict(width=64, height=64, margin=0.5, legacy=False))
+GEN_VIDEO_NET = {**VIDEO_NET, "unet": {**VIDEO_NET["unet"], "motion_max_seq_length": 32}}
+
+
+def video_info() -> dict:
+    """Data info of a 32-px, 2-level, 3-branch video model (a function: MaskConfig imports the pose package)."""
+    from mmgt.pose.masks import MaskConfig
+
+    return dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
+                mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
