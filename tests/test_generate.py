@@ -1,6 +1,7 @@
 """Generation (image + speech -> video): lengths for any audio, muxed audio, bad inputs refused with no partial file,
-checkpoints (Lightning and safetensors exports, mismatches refused), sampling arguments, the CLI and the quickstart
-chain's configs. Tiny randomly initialised modules are built here and saved as checkpoints in tmp."""
+checkpoints (Lightning and safetensors exports, mismatches refused), typed sampling options, the crop + resize of the
+inputs, the CLI and the quickstart chain's configs. Tiny randomly initialised modules are built here and saved as
+checkpoints in tmp."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import math
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -18,6 +20,7 @@ import torch
 
 from mmgt.data.synthetic import synth_sequence
 from mmgt.data.video_io import probe_video, read_audio, read_video
+from mmgt.generation.options import PoseSampling, Sampling, VideoSampling
 from mmgt.inference import (
     GenerationError,
     GesturePipeline,
@@ -42,7 +45,9 @@ VIDEO_NET = dict(
 )
 VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
                   mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
-FAST = dict(pose_steps=2, steps=2, guidance=1.5)  # few DDIM steps: tests check plumbing, not quality
+# few DDIM steps: tests check plumbing, not quality
+FAST = Sampling(PoseSampling(steps=2), VideoSampling(steps=2, guidance=1.5))
+FLAT = dict(pose_steps=2, steps=2, guidance=1.5)  # the same as the earlier flat keywords (the notebook passes them)
 
 
 def save_lightning(module: L.LightningModule, path: Path, **extra) -> Path:
@@ -117,7 +122,7 @@ def test_any_audio_length_gives_full_video(pipe, assets, tmp_path, seconds, fram
     audio = speech_file(assets, seconds, tmp_path, fmt, rate)
     out = tmp_path / "out" / "talk.mp4"
     res = pipe.generate(assets["image"], audio, out, keypoints=assets["keypoints"], side_by_side=True,
-                        save_keypoints=True, **FAST)
+                        save_keypoints=True, sampling=FAST)
     assert res.n_frames == frames
     info = probe_video(out)
     assert abs(info.n_frames - frames) <= 1 and info.fps == 25.0 and info.has_audio
@@ -139,9 +144,9 @@ def test_any_audio_length_gives_full_video(pipe, assets, tmp_path, seconds, fram
 def test_outputs_follow_inputs(pipe, assets, tmp_path) -> None:
     """Same seed -> same video; the reference image and the branch weights both change the result."""
     audio = speech_file(assets, 1.0, tmp_path)
-    kw = dict(keypoints=assets["keypoints"], **FAST)
+    kw = dict(keypoints=assets["keypoints"], sampling=FAST)
     a = pipe.generate(assets["image"], audio, tmp_path / "a.mp4", **kw)
-    b = pipe.generate(assets["image"], audio, tmp_path / "b.mp4", **kw)
+    b = pipe.generate(assets["image"], audio, tmp_path / "b.mp4", keypoints=assets["keypoints"], **FLAT)
     np.testing.assert_array_equal(a.frames, b.frames)
     np.testing.assert_array_equal(a.keypoints, b.keypoints)
     # the mp4 holds those frames (H.264 + 4:2:0 chroma: close in 8x8 block means, not bit-exact on random frames)
@@ -154,7 +159,8 @@ def test_outputs_follow_inputs(pipe, assets, tmp_path) -> None:
     dark = np.asarray(Image.open(assets["image"])) // 4
     c = pipe.generate(dark.astype(np.uint8), audio, tmp_path / "c.mp4", **kw)
     assert np.abs(c.frames.astype(int) - a.frames.astype(int)).mean() > 1.0
-    d = pipe.generate(assets["image"], audio, tmp_path / "d.mp4", branch_weights=[0.0, 3.0, 3.0], **kw)
+    weighted = replace(FAST, video=replace(FAST.video, branch_weights=(0.0, 3.0, 3.0)))
+    d = pipe.generate(assets["image"], audio, tmp_path / "d.mp4", keypoints=assets["keypoints"], sampling=weighted)
     assert np.abs(d.frames.astype(int) - a.frames.astype(int)).max() > 0
     with pytest.raises(GenerationError, match="branch_weights has 2 values"):
         pipe.generate(assets["image"], audio, tmp_path / "e.mp4", branch_weights=[1.0, 1.0], **kw)
@@ -171,8 +177,8 @@ def test_initial_pose_is_the_images_pose(pipe, assets, tmp_path) -> None:
     kp = np.load(assets["keypoints"])[0].copy()
     kp[:, 0] += 32
     audio = speech_file(assets, 1.0, tmp_path)
-    a = pipe.generate(assets["image"], audio, tmp_path / "a.mp4", keypoints=assets["keypoints"], **FAST)
-    b = pipe.generate(wide, audio, tmp_path / "b.mp4", keypoints=kp, **FAST)
+    a = pipe.generate(assets["image"], audio, tmp_path / "a.mp4", keypoints=assets["keypoints"], sampling=FAST)
+    b = pipe.generate(wide, audio, tmp_path / "b.mp4", keypoints=kp, sampling=FAST)
     np.testing.assert_allclose(a.keypoints, b.keypoints, atol=1e-4)
 
 
@@ -192,7 +198,7 @@ def test_bad_inputs_are_refused_without_output(pipe, assets, tmp_path) -> None:
     sf.write(silent, np.zeros(16000, np.float32), 16000)
     garbage = tmp_path / "garbage.mp3"
     garbage.write_bytes(b"not audio at all" * 10)
-    kw = dict(keypoints=assets["keypoints"], side_by_side=True, pose_video=True, **FAST)
+    kw = dict(keypoints=assets["keypoints"], side_by_side=True, pose_video=True, sampling=FAST)
     cases = [
         (dict(image=tmp_path / "missing.png", audio=good), "image file not found"),
         (dict(image=assets["image"], audio=tmp_path / "missing.wav"), "audio file not found"),
@@ -205,11 +211,11 @@ def test_bad_inputs_are_refused_without_output(pipe, assets, tmp_path) -> None:
         with pytest.raises(GenerationError, match=msg):
             pipe.generate(args["image"], args["audio"], out, **kw)
     with pytest.raises(GenerationError, match="no person found"):
-        pipe.generate(assets["image"], good, out, estimator=NoPerson(), **FAST)
+        pipe.generate(assets["image"], good, out, estimator=NoPerson(), sampling=FAST)
     with pytest.raises(GenerationError, match="no initial pose"):
-        pipe.generate(assets["image"], good, out, **FAST)
+        pipe.generate(assets["image"], good, out, sampling=FAST)
     with pytest.raises(GenerationError, match="keypoints must be"):
-        pipe.generate(assets["image"], good, out, keypoints=np.zeros((5, 3)), **FAST)
+        pipe.generate(assets["image"], good, out, keypoints=np.zeros((5, 3)), sampling=FAST)
     with pytest.raises(GenerationError, match="must be an .mp4"):
         pipe.generate(assets["image"], good, out_dir / "x.avi", **kw)
     assert not out_dir.exists() or not list(out_dir.iterdir())
@@ -231,7 +237,7 @@ def test_write_failure_leaves_no_partial_files(pipe, assets, tmp_path, monkeypat
     out_dir = tmp_path / "out"
     with pytest.raises(OSError, match="disk full"):
         pipe.generate(assets["image"], speech_file(assets, 1.0, tmp_path), out_dir / "x.mp4",
-                      keypoints=assets["keypoints"], side_by_side=True, **FAST)
+                      keypoints=assets["keypoints"], side_by_side=True, sampling=FAST)
     assert len(calls) == 2 and not list(out_dir.iterdir())
 
 
@@ -260,7 +266,7 @@ def test_checkpoints_mismatch_and_export(assets, tmp_path) -> None:
     for s, v in ((assets["smga"], assets["video"]), (s_exp, v_exp)):
         p = GesturePipeline.from_checkpoints(s, v, progress=False)
         runs.append(p.generate(assets["image"], audio, tmp_path / f"{len(runs)}.mp4", keypoints=assets["keypoints"],
-                               **FAST))
+                               sampling=FAST))
     np.testing.assert_allclose(runs[0].keypoints, runs[1].keypoints, atol=1e-5)
     np.testing.assert_array_equal(runs[0].frames, runs[1].frames)
 
@@ -359,3 +365,87 @@ def test_generation_conditions_equal_training_batches(pipe, synthetic_corpus) ->
         assert len(masks["pyramid"]) == len(batch["mask_pyramid"]) == 2
         for got, want in zip(masks["pyramid"], batch["mask_pyramid"], strict=True):
             assert torch.allclose(got, want[i], atol=1e-6)
+
+
+def test_sampling_options_are_typed_and_merged_once(pipe, assets) -> None:
+    """The YAML blocks become one options object per stage (unknown keys refused, values typed); unstated settings
+    are the checkpoint's, merged in one place; the earlier flat keywords map onto the same objects."""
+    from hydra import compose, initialize_config_dir
+
+    from mmgt.utils.config import to_plain
+    from mmgt.utils.paths import CONF_DIR
+
+    # the checkpoints' settings (fixture: SMGA steps 2, guidance 2; video steps 2, guidance 2, context 8 / 2)
+    assert pipe.pose_sampling == PoseSampling(steps=2, guidance=2.0, eta=1.0, overlap=0)
+    assert pipe.video_sampling == VideoSampling(steps=2, guidance=2.0, eta=0.0, context_frames=8, context_overlap=2)
+    merged = VideoSampling(steps=5, branch_weights=[1, 1, 2]).over(pipe.video_sampling)
+    assert merged == replace(pipe.video_sampling, steps=5, branch_weights=(1.0, 1.0, 2.0))
+    assert Sampling().with_flat(FLAT) == FAST
+    with pytest.raises(TypeError, match="unexpected keyword"):
+        Sampling().with_flat({"pose_stepz": 3})
+    def blocks(overrides: list[str]) -> dict:  # the stage blocks of `python -m mmgt.generate <overrides>`
+        cfg = compose(config_name="generate", overrides=overrides)
+        return {"smga": to_plain(cfg.smga), "video": to_plain(cfg.video)}
+
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        official = Sampling.from_config(blocks(["preset=official"]))
+        default = Sampling.from_config(blocks(["video.steps=7"]))
+    assert official == Sampling(PoseSampling(50, 2.0, 1.0, 0), VideoSampling(30, 3.5, 0.0, 12, 4, (1.0, 1.0, 2.0)))
+    assert default == Sampling(video=VideoSampling(steps=7))  # every other setting: the checkpoint's
+    with pytest.raises(GenerationError, match=r"config block `video`: unknown sampling setting\(s\) \['stepz'\]"):
+        run({"smga": {"ckpt": str(assets["smga"])}, "video": {"ckpt": str(assets["video"]), "stepz": 2},
+             "image": str(assets["image"]), "audio": str(assets["speech"])}, echo=lambda _: None)
+
+
+def test_pipeline_call_is_the_recipe_on_arrays(pipe, assets) -> None:
+    """``pipe(image, speech, pose)`` runs the recipe without files; given initial latents reproduce a run, other
+    latents change it."""
+    from PIL import Image
+
+    image = np.asarray(Image.open(assets["image"]))
+    speech = assets["audio"][:16000].astype(np.float32)
+    pose = np.load(assets["keypoints"])[0]  # pixels of the 64-px image (the frame is 32 px)
+    opts = dict(pose_sampling=FAST.pose, video_sampling=FAST.video)
+    latents = pipe.prepare_latents(25, torch.Generator().manual_seed(7))
+    a = pipe(image, speech, pose, generator=torch.Generator().manual_seed(0), latents=latents, **opts)
+    assert a.frames.shape == (25, 32, 32, 3) and a.keypoints.shape == (25, 134, 3)
+    assert a.pose_images.shape == (25, 3, 32, 32) and a.masks.shape[:2] == (3, 25)
+    b = pipe(image, speech, pose, generator=torch.Generator().manual_seed(0), latents=latents.clone(), **opts)
+    np.testing.assert_array_equal(a.frames, b.frames)
+    c = pipe(image, speech, pose, generator=torch.Generator().manual_seed(0), latents=torch.randn_like(latents),
+             **opts)
+    np.testing.assert_array_equal(a.keypoints, c.keypoints)  # stage 1 does not see the video latents
+    assert np.abs(c.frames.astype(int) - a.frames.astype(int)).max() > 0
+    with pytest.raises(GenerationError, match="no person found"):
+        pipe(image, speech, np.zeros((134, 3), np.float32), **opts)
+
+
+@pytest.mark.parametrize(("src_hw", "size", "block"), [
+    ((64, 103), (64, 64), 1),  # crop only, at an odd offset (19.5 px before rounding: the crop starts at 20)
+    ((64, 103), (32, 32), 2),  # crop + 2x down
+    ((16, 26), (32, 32), 1),  # crop + 2x up
+    ((37, 64), (32, 32), 5),  # crop at 13.5 -> 14, then 32/37
+    ((90, 50), (40, 30), 4),  # too tall: crop the height, then 30/50
+])
+def test_crop_resize_keeps_keypoints_on_their_pixels(src_hw, size, block) -> None:
+    """A keypoint on a marked pixel block lands on the marked pixel of the cropped + resized image (one transform,
+    the pixel-corner convention of ``scale_keypoints``)."""
+    from mmgt.generation.inputs import fit_image
+    from mmgt.pose.conditioning import CropResize, scale_keypoints
+
+    h0, w0 = src_hw
+    rng = np.random.default_rng(0)
+    tf = CropResize.centre(src_hw, size)
+    for _ in range(5):
+        img = np.zeros((h0, w0, 3), np.uint8)
+        y = int(rng.integers(tf.y0 + block, tf.y0 + tf.height - 2 * block))
+        x = int(rng.integers(tf.x0 + block, tf.x0 + tf.width - 2 * block))
+        img[y:y + block, x:x + block] = 255
+        kp = np.array([[x + block / 2, y + block / 2, 1.0]], np.float32)  # the block's centre (pixel corners)
+        out, used = fit_image(img, size)
+        assert used == tf and out.shape == (*size, 3)
+        kx, ky = tf.keypoints(kp)[0, :2]
+        assert out[int(ky), int(kx), 0] == out[..., 0].max() > 0, (x, y, kx, ky)
+    kp = rng.uniform(0, 30, (4, 134, 3)).astype(np.float32)
+    whole = CropResize(0, 0, w0, h0, size)  # no crop: the same map as scale_keypoints
+    np.testing.assert_array_equal(whole.keypoints(kp), scale_keypoints(kp, src_hw, size))

@@ -1,7 +1,6 @@
 """``python -m mmgt.generate image=... audio=... out=...``: still image + speech -> talking, gesturing video.
 
-All the work is in :mod:`mmgt.inference` (usable from Python as :class:`~mmgt.inference.GesturePipeline`); this entry
-point only turns the Hydra config into calls and a bad input into one clear line and a non-zero exit.
+The task is :func:`mmgt.generation.task.run`; this entry point turns a bad input into one clear line and exit 1.
 """
 
 from __future__ import annotations
@@ -18,14 +17,13 @@ from mmgt.utils.paths import CONF_DIR
 def main(cfg: DictConfig) -> None:
     import torch
 
-    from mmgt.inference import GenerationError, run
+    from mmgt.errors import GenerationError
+    from mmgt.generation.task import run
 
     if cfg.get("threads"):
         torch.set_num_threads(int(cfg.threads))
-    plain = OmegaConf.to_container(cfg, resolve=True)
-    plain["output_dir"] = cfg.paths.output_dir
     try:
-        run(plain)
+        run({**OmegaConf.to_container(cfg, resolve=True), "output_dir": cfg.paths.output_dir})
     except GenerationError as err:
         sys.exit(f"mmgt.generate: {err}")
     except OSError as err:  # disk full, permission denied: no partial file is left (atomic writes)

@@ -3,14 +3,16 @@ dataset and the generation pipeline (so generation can never drift from training
 
 What it derives: pose images ``(T, 3, H, W)`` in [0, 1] (:func:`mmgt.pose.render.render_pose` with the configured
 drawing style), region masks at the latent size and their pyramid (:class:`mmgt.pose.masks.RegionMaskBuilder`), and
-normalised frames ``(T, 3, H, W)`` in [-1, 1]. Keypoints are pixel ``x, y`` of the frame they are drawn on;
-:func:`scale_keypoints` maps them between frame sizes (pixel-corner convention: ``x * W_new / W_old``, the same map
-the frames' resize applies to their edges).
+normalised frames ``(T, 3, H, W)`` in [-1, 1]. Keypoints are pixel ``x, y`` of the frame they are drawn on, in the
+pixel-corner convention (pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``): :func:`scale_keypoints` maps
+them between frame sizes (``x * W_new / W_old``, the map the frames' resize applies to their edges) and
+:class:`CropResize` through a crop of whole pixels followed by such a resize, so pixels and keypoints move together.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -29,6 +31,48 @@ def scale_keypoints(kp: np.ndarray, src_hw: tuple[int, int], dst_hw: tuple[int, 
     out[..., 0] *= dst_hw[1] / float(src_hw[1])
     out[..., 1] *= dst_hw[0] / float(src_hw[0])
     return out
+
+
+@dataclass(frozen=True)
+class CropResize:
+    """Crop ``[x0, x0 + width) x [y0, y0 + height)`` (whole pixels) of a frame, then resize it to ``size`` (H, W).
+
+    The crop is stated in whole pixels because that is what the image crop takes: keypoints shifted by the same
+    integer offset and scaled like :func:`scale_keypoints` stay on the pixels they marked.
+    """
+
+    x0: int
+    y0: int
+    width: int
+    height: int
+    size: tuple[int, int]
+
+    @classmethod
+    def centre(cls, src_hw: tuple[int, int], size: tuple[int, int]) -> CropResize:
+        """The largest centred crop of a ``src_hw`` frame with the aspect ratio of ``size`` (rounded to pixels)."""
+        h0, w0 = int(src_hw[0]), int(src_hw[1])
+        h, w = int(size[0]), int(size[1])
+        if w0 * h > h0 * w:  # too wide: crop the width
+            cw, ch = h0 * w / h, float(h0)
+        else:
+            cw, ch = float(w0), w0 * h / w
+        return cls(int(round((w0 - cw) / 2.0)), int(round((h0 - ch) / 2.0)), int(round(cw)), int(round(ch)), (h, w))
+
+    def keypoints(self, kp: np.ndarray) -> np.ndarray:
+        """Pixel keypoints ``(..., 3)`` of the source frame -> pixels of the output frame (float32 copy)."""
+        out = np.array(kp, dtype=np.float32, copy=True)
+        out[..., 0] -= self.x0
+        out[..., 1] -= self.y0
+        return scale_keypoints(out, (self.height, self.width), self.size)
+
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """(H0, W0, 3) uint8 -> (H, W, 3) uint8: the crop, resized bilinearly with antialiasing (as the frames of the
+        training data are resized) and rounded."""
+        crop = image[self.y0:self.y0 + self.height, self.x0:self.x0 + self.width]
+        t = torch.from_numpy(np.array(crop, copy=True)).permute(2, 0, 1)[None].float()
+        if tuple(t.shape[-2:]) != tuple(self.size):
+            t = F.interpolate(t, size=tuple(self.size), mode="bilinear", antialias=True, align_corners=False)
+        return t.round().clamp(0, 255).to(torch.uint8)[0].permute(1, 2, 0).numpy()
 
 
 def normalise_frames(frames: np.ndarray | torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
@@ -90,4 +134,4 @@ class ConditionProcessor:
                 "mask_pyramid": [p.float() for p in m["pyramid"]]}
 
 
-__all__ = ["RENDER_KEYS", "ConditionProcessor", "normalise_frames", "scale_keypoints"]
+__all__ = ["RENDER_KEYS", "ConditionProcessor", "CropResize", "normalise_frames", "scale_keypoints"]

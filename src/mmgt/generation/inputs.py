@@ -1,0 +1,198 @@
+"""Generation inputs: read and check the still image, the speech, the initial pose and corpus clips.
+
+Every check runs before any network is called, and a bad input is a :class:`~mmgt.errors.GenerationError` naming
+the file and the config key: empty or silent audio (the audio-driven models have nothing to follow), an image or
+keypoints file that does not decode, an initial pose with no visible person. The image is fitted to the video
+model's frame by :class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio,
+antialiased bilinear resize, as the training frames are resized); the initial pose goes through the same map.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from mmgt.data.corpus import HOP, SAMPLE_RATE
+from mmgt.errors import GenerationError
+from mmgt.pose.conditioning import CropResize
+
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff", ".gif")
+VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
+
+Image = str | Path | np.ndarray
+Speech = str | Path | np.ndarray
+Keypoints = str | Path | np.ndarray
+
+
+def n_frames_for(n_samples: int, hop: int = HOP) -> int:
+    """Video frames covering ``n_samples`` of 16 kHz audio at 25 fps: ``ceil(n / 640)`` (1.0 s -> 25, 7.3 s -> 183),
+    so the video covers the whole audio."""
+    return max(1, math.ceil(int(n_samples) / hop))
+
+
+def load_speech(audio: Speech, min_peak: float = 1e-4) -> np.ndarray:
+    """16 kHz mono float32 speech from a file (any format/rate) or an array (assumed 16 kHz).
+
+    Raises :class:`GenerationError` for a missing/undecodable file, no samples, or silence (peak < ``min_peak``).
+    """
+    from mmgt.data.video_io import read_audio
+
+    name = "audio array" if isinstance(audio, np.ndarray) else str(audio)
+    if isinstance(audio, np.ndarray):
+        x = np.asarray(audio, dtype=np.float32)
+        if x.ndim != 1:
+            raise GenerationError(f"{name}: expected mono samples (N,), got shape {x.shape}")
+    else:
+        path = Path(audio).expanduser()
+        if not path.is_file():
+            raise GenerationError(f"audio file not found: {path} (config key `audio`)")
+        try:
+            x = read_audio(path, SAMPLE_RATE)
+        except Exception as err:  # noqa: BLE001 - any decoder failure is a bad input
+            raise GenerationError(f"{path}: cannot read audio ({err})") from err
+    if x.size == 0:
+        raise GenerationError(f"{name}: the audio is empty (0 samples); give a speech recording")
+    if not np.isfinite(x).all():
+        raise GenerationError(f"{name}: the audio contains NaN/inf samples")
+    peak = float(np.abs(x).max())
+    if peak < min_peak:
+        raise GenerationError(f"{name}: the audio is silent (peak {peak:.2e} < min_peak {min_peak:g}); the models "
+                              "follow speech, give a recording with speech in it")
+    return x
+
+
+def read_image(image: Image) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from an image file, a video file (first frame) or an array."""
+    if isinstance(image, np.ndarray):
+        arr = np.asarray(image)
+        if arr.ndim != 3 or arr.shape[-1] != 3 or arr.dtype != np.uint8:
+            raise GenerationError(f"image array must be (H, W, 3) uint8, got {arr.shape} {arr.dtype}")
+        return arr
+    path = Path(image).expanduser()
+    if not path.is_file():
+        raise GenerationError(f"image file not found: {path} (config key `image`)")
+    try:
+        if path.suffix.lower() in VIDEO_SUFFIXES:
+            from mmgt.data.video_io import read_video
+
+            return read_video(path, 0, 1)[0]
+        from PIL import Image as PILImage
+        from PIL import ImageOps
+
+        with PILImage.open(path) as im:
+            return np.asarray(ImageOps.exif_transpose(im).convert("RGB"))
+    except GenerationError:
+        raise
+    except Exception as err:  # noqa: BLE001 - any decoder failure is a bad input
+        raise GenerationError(f"{path}: cannot read the image ({err})") from err
+
+
+def fit_image(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, CropResize]:
+    """Centre-crop + antialiased bilinear resize to ``size``; returns the frame and the transform (for keypoints)."""
+    tf = CropResize.centre(image.shape[:2], size)
+    return tf.image(image), tf
+
+
+def load_keypoints(keypoints: Keypoints) -> np.ndarray:
+    """(134, 3) pixel keypoints from a ``.npy`` file or array of shape (134, 3) or (T, 134, 3) (frame 0 is used)."""
+    if isinstance(keypoints, np.ndarray):
+        kp, name = keypoints, "keypoints array"
+    else:
+        path = Path(keypoints).expanduser()
+        name = str(path)
+        if not path.is_file():
+            raise GenerationError(f"keypoints file not found: {path} (config key `keypoints`)")
+        try:
+            kp = np.load(path, allow_pickle=False)
+        except Exception as err:  # noqa: BLE001
+            raise GenerationError(f"{path}: cannot load keypoints ({err})") from err
+    kp = np.asarray(kp, dtype=np.float32)
+    if kp.ndim == 3:
+        kp = kp[0] if len(kp) else kp.reshape(0, 134, 3)
+    if kp.shape != (134, 3):
+        raise GenerationError(f"{name}: keypoints must be (134, 3) or (T, 134, 3) pixel x, y, score; got {kp.shape}")
+    return kp
+
+
+def check_person(kp: np.ndarray, what: str, threshold: float = 0.3, min_points: int = 3) -> None:
+    """Refuse an initial pose with (almost) no visible keypoints: there is no person to animate."""
+    ok = np.isfinite(kp[:, :2]).all(-1) & (kp[:, 2] >= threshold)
+    if int(ok.sum()) < min_points:
+        raise GenerationError(f"no person found: {what} has {int(ok.sum())} keypoints with score >= {threshold} "
+                              "(need a visible upper body)")
+
+
+def initial_pose(image: np.ndarray, keypoints: Keypoints | None, estimator: Any = None,
+                 what: str = "image") -> np.ndarray:
+    """Pixel keypoints (134, 3) of the source ``image``: from ``keypoints`` or by running ``estimator`` (a
+    :class:`~mmgt.pose.estimators.PoseEstimator` or its config) on it; a pose with no visible person is refused."""
+    if keypoints is not None:
+        kp = load_keypoints(keypoints)
+        src = "keypoints file" if not isinstance(keypoints, np.ndarray) else "given keypoints"
+    elif estimator is not None:
+        from mmgt.pose.estimators import build_estimator
+
+        est = build_estimator(dict(estimator)) if isinstance(estimator, Mapping) else estimator
+        name = type(est).__name__
+        try:
+            kp = np.asarray(est(image[None]), dtype=np.float32)[0]
+        except Exception as err:  # noqa: BLE001 - estimator failures are bad inputs for this image
+            raise GenerationError(f"pose estimator {name} failed on {what}: {err}") from err
+        src = f"{name} on {what}"
+    else:
+        raise GenerationError("no initial pose: give `keypoints=<file.npy>` (pixel keypoints of the image), "
+                              "`clip_id=<id>` with `data.root=<corpus>`, or an `estimator` config")
+    check_person(kp, src)
+    return kp
+
+
+@dataclass
+class Inputs:
+    """One generation's decoded inputs: the source image, 16 kHz speech and the image's pose (source pixels)."""
+
+    image: np.ndarray  # (H0, W0, 3) uint8
+    speech: np.ndarray  # (N,) float32, 16 kHz
+    pose: np.ndarray  # (134, 3) pixel keypoints of ``image``
+
+
+def read_inputs(image: Image, audio: Speech, keypoints: Keypoints | None = None, estimator: Any = None,
+                min_peak: float = 1e-4) -> Inputs:
+    """Decode and check everything one generation needs (speech first, then the image, then its pose)."""
+    speech = load_speech(audio, min_peak)
+    src = read_image(image)
+    what = str(image) if not isinstance(image, np.ndarray) else "the image"
+    return Inputs(src, speech, initial_pose(src, keypoints, estimator, what))
+
+
+@dataclass
+class ClipInputs:
+    """What a corpus clip provides: frame 0, the keypoints of every frame and the audio file."""
+
+    image: np.ndarray | None  # (H, W, 3) uint8
+    keypoints: np.ndarray  # (T, 134, 3) pixels
+    audio: Path
+    video: Path
+
+
+def clip_inputs(root: str | Path, clip_id: str, frame0: bool = True) -> ClipInputs:
+    """Frame 0 (unless ``frame0`` is false: an image is given instead), keypoints and the audio/video files of
+    ``clip_id`` of the corpus at ``root``."""
+    from mmgt.data.corpus import Corpus, CorpusError
+
+    try:
+        corpus = Corpus(root)
+        rec = corpus[clip_id]
+        kp = corpus.load_keypoints(rec)
+        image = corpus.load_video(rec, 0, 1)[0] if frame0 else None
+    except (CorpusError, ValueError, OSError) as err:
+        raise GenerationError(f"clip_id={clip_id} (data.root={root}): {err}") from err
+    return ClipInputs(image, kp, corpus.path(rec, "audio"), corpus.path(rec, "video"))
+
+
+__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ClipInputs", "Inputs", "check_person", "clip_inputs", "fit_image",
+           "initial_pose", "load_keypoints", "load_speech", "n_frames_for", "read_image", "read_inputs"]
