@@ -41,7 +41,7 @@ class VideoNet(nn.Module):
         audio_shape: (window, layers, dim) of one frame of ``audio_emb``; only needed by variants that use audio.
         attention: the ``attention`` config (``_target_`` or ``type``, ``module``, ``blocks``, ``n_branches``,
             ``branch_weights``), or its ``type`` alone as a string, with the older keyword form
-            ``attention_blocks``, ``n_branches`` and ``attention_module``.
+            ``attention_blocks`` (default ``[down]``), ``n_branches`` (default 3) and ``attention_module``.
         mask_branches: the data's region-mask branch count (the branch count when ``n_branches`` is null).
         load_weights: load the pretrained files named in ``cfg`` (False: random init, e.g. on the meta device).
         key: config path of ``cfg`` used in error messages.
@@ -210,7 +210,8 @@ class VideoNet(nn.Module):
             ref_embed: (B, 1, D) reference-image token (:meth:`embed_reference`).
             pose_images: (B, F, 3, H, W) rendered pose in [0, 1].
             audio_emb: (B, F, W, L, D) wav2vec window per frame (None: no audio, the audio modules are skipped).
-            masks: region masks (B, K, F, h', w') or a list of levels of that shape (``mm_haa`` only).
+            masks: region masks (B, K, F, h', w') or a list of levels of that shape (variants that are ``masked``,
+                e.g. ``mm_haa``; resized to every attention site's resolution).
             branch_weights: (K,) per-branch weights of MM-HAA (None: ones).
             drop_image / drop_audio: (B,) bool, per-sample classifier-free-guidance dropout: a dropped image
                 zeroes the reference token and hides the reference bank; dropped audio zeroes the audio tokens.
