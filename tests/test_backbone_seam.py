@@ -321,3 +321,5 @@ def test_backbone_config_errors() -> None:
                    mask_branches=2)
     assert list(net.audio_modules) == ["blocks_mid", "blocks_up"] and net.n_branches == 2 and not net.masked
     assert net.eval().backbone.training is False and net.train().backbone.training is True
+    net.double()  # conversions (dtype, device) reach the backbone, which holds the same child modules
+    assert net.backbone.denoiser is net.denoiser and net.backbone.denoiser.conv_in.weight.dtype == torch.float64
