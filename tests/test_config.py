@@ -26,7 +26,7 @@ def _compose(name: str, overrides: list[str], tmp_path: Path):
 
 
 def test_design_group_options_exist() -> None:
-    """The option names of DESIGN §3 are part of the interface."""
+    """The config group option names are part of the interface (README, scripts and tests use them)."""
     required = {
         "data": {"pats", "synthetic"}, "model": {"smga", "video"}, "loss": {"smga", "smga_no_face", "video"},
         "mask": {"none", "boxes", "union"}, "attention": {"none", "cross", "haa", "mm_haa"},

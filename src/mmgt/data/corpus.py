@@ -1,4 +1,4 @@
-"""The processed-corpus format (DESIGN §4): ``manifest.csv`` + per-clip ``video.mp4``, ``audio.wav``,
+"""The processed-corpus format: ``manifest.csv`` + per-clip ``video.mp4``, ``audio.wav``,
 ``keypoints.npy`` and optional feature caches. One reader and one writer used by every producer
 (synthetic generator, PATS import) and consumer (validator, DataModule, evaluation).
 """

@@ -1,5 +1,5 @@
 """The embedded synthetic corpus: a procedural talking, gesturing figure whose motion is driven by the
-speech-like audio it carries, written in exactly the corpus format of DESIGN §4.
+speech-like audio it carries, written in exactly the processed-corpus format (mmgt.data.corpus).
 
 Why: it lets every part of the framework run with no download, and its *known* audio→motion link lets
 tests check that the models really learn it:

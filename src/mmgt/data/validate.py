@@ -1,5 +1,5 @@
 """Corpus validator behind ``python -m mmgt.prepare task=validate``: checks every clip against the data
-contract (DESIGN §4) and reports one line per fault, naming the file, so a broken corpus is caught before
+contract (mmgt.data.corpus) and reports one line per fault, naming the file, so a broken corpus is caught before
 hours of training rather than by a crash in a DataLoader worker.
 """
 

@@ -7,7 +7,7 @@ MDX-Net/UVR inference code: resample to the model's rate, duplicate mono to ster
 window), STFT (Hann, centred) each window, keep the lowest ``dim_f`` bins in the layout ``(L re, L im, R re, R im)``,
 run the model, zero the cut-off bins, inverse STFT, trim, concatenate, multiply by ``compensate``. ``denoise`` also
 runs the negated spectrogram and averages ``(f(X) - f(-X)) / 2``. The model-specific numbers are settings (the
-project's reference notes do not record them); the defaults are the values UVR's public model table lists for
+original code's documentation does not state them); the defaults are the values UVR's public model table lists for
 Kim_Vocal_2.
 """
 

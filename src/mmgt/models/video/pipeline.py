@@ -21,7 +21,7 @@ from mmgt.models.video.net import VideoNet
 
 def make_scheduler(num_train_timesteps: int = 1000, beta_start: float = 0.00085, beta_end: float = 0.012,
                    beta_schedule: str = "scaled_linear", set_alpha_to_one: bool = True) -> DDIMScheduler:
-    """DDIM, v-prediction, zero-terminal-SNR rescaling, trailing timestep spacing (MMGT §4.6).
+    """DDIM, v-prediction, zero-terminal-SNR rescaling, trailing timestep spacing (as MMGT's stage 2).
 
     ``set_alpha_to_one=True`` (diffusers' default, which the original's scheduler kwargs kept) makes the last DDIM
     step return the predicted clean sample; False stops at ᾱ_0 ≈ 0.999 and leaves noise of std ≈ 0.03 in the latents.
