@@ -241,6 +241,7 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, gen, ref, 
     dist.destroy_process_group()
 
 
+@pytest.mark.slow
 def test_same_values_with_one_and_two_ddp_ranks(tmp_path):
     gen, ref = _videos(5, b=4, t=6)
     audio = torch.randn(4, 6 * 640) * 0.1
@@ -373,6 +374,7 @@ def test_torchscript_i3d_file_is_accepted(tmp_path):
     assert fvd.compute() >= 0 and fvd.num_clips == 3
 
 
+@pytest.mark.slow
 def test_reference_cache_gives_identical_values_and_skips_the_reference_pass():
     from mmgt.metrics.cache import FeatureCache
 
@@ -454,6 +456,7 @@ def _write_pair_folders(root: Path) -> None:
     np.save(root / "ref" / "clip0.npy", kp)
 
 
+@pytest.mark.slow
 def test_evaluate_cli_over_two_folders(tmp_path):
     from omegaconf import OmegaConf
 

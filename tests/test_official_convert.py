@@ -95,6 +95,7 @@ def exports(folders: dict[str, Path]) -> Path:
     return out
 
 
+@pytest.mark.slow
 def test_exports_compute_the_official_function(exports: Path) -> None:
     """The exported stage-1 network gives the fixture's official outputs; the stage-2 export carries the official
     settings and the converted weights."""
@@ -155,6 +156,7 @@ def test_generate_preset_official_end_to_end(exports: Path, tmp_path: Path) -> N
     assert info.has_audio and (info.width, info.height) == (size, size) and info.n_frames == 30  # 1.2 s at 25 fps
 
 
+@pytest.mark.slow
 def test_bad_inputs_give_one_line_and_no_output(folders: dict[str, Path], tmp_path: Path) -> None:
     truncated = tmp_path / "net.pth"
     truncated.write_bytes((FIX / "stage2" / "net.pth").read_bytes()[:4096])
