@@ -7,6 +7,7 @@ cheap; the names say so (``fvd_r32_randinit``).
 from __future__ import annotations
 
 import json
+import math
 import os
 import subprocess
 import sys
@@ -132,6 +133,22 @@ def test_frechet_distance_matches_scipy(n1, n2, d):
         pytest.approx(expected, rel=1e-4)
     mu, s = a.mean(0), np.cov(a, rowvar=False)
     assert frechet_distance(mu, s, mu, s) == pytest.approx(0.0, abs=1e-8)
+
+
+def test_frechet_of_non_finite_features_is_nan_with_a_warning():
+    """A diverged model's NaN features gave an obscure LinAlgError; now the metric says so and returns nan."""
+    from mmgt.metrics.gesture import FrechetGestureDistance
+
+    rng = np.random.default_rng(0)
+    a, b = rng.standard_normal((20, 4)), rng.standard_normal((20, 4))
+    a[3, 1] = np.nan
+    with pytest.warns(UserWarning, match="first feature set holds NaN"):
+        assert math.isnan(frechet_distance_from_features(a, b))
+    poses = torch.randn(4, 16, 134, 3)
+    fgd = FrechetGestureDistance()
+    fgd.update(poses.clone().fill_(float("nan")), poses)
+    with pytest.warns(UserWarning, match="NaN"):
+        assert math.isnan(float(fgd.compute()))
 
 
 # ---------------------------------------------------------------- Sync-C / Sync-D

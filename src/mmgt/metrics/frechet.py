@@ -65,7 +65,15 @@ def feature_statistics(features: ArrayLike) -> tuple[np.ndarray, np.ndarray]:
 
 
 def frechet_distance_from_features(features1: ArrayLike, features2: ArrayLike) -> float:
-    """Fréchet distance between the Gaussians fitted to two ``(N, D)`` feature sets (N may differ)."""
+    """Fréchet distance between the Gaussians fitted to two ``(N, D)`` feature sets (N may differ).
+
+    Non-finite features (a diverged generator, NaN keypoints) give ``nan`` with a warning instead of an obscure
+    ``LinAlgError`` from the matrix square root."""
+    bad = [name for name, f in (("first", features1), ("second", features2)) if not np.isfinite(_np64(f)).all()]
+    if bad:
+        warnings.warn(f"Fréchet distance: the {' and '.join(bad)} feature set holds NaN/inf; returning nan",
+                      stacklevel=2)
+        return math.nan
     mu1, s1 = feature_statistics(features1)
     mu2, s2 = feature_statistics(features2)
     return frechet_distance(mu1, s1, mu2, s2)
