@@ -34,10 +34,7 @@ def require(path: str | Path | None, key: str, what: str, files: tuple[str, ...]
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """Load a ``.safetensors`` or a torch file with ``weights_only=True`` (no pickled code)."""
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    """A ``.safetensors`` or torch state-dict file through the one checkpoint reader (``weights_only=True``)."""
+    from mmgt.checkpoints import state_dict_file
 
-        return load_file(str(path))
-    sd = torch.load(path, map_location="cpu", weights_only=True)
-    return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
+    return state_dict_file(Path(path))
