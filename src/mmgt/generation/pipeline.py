@@ -29,7 +29,7 @@ import time
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -42,6 +42,15 @@ from mmgt.generation import inputs as io
 from mmgt.generation.options import PoseSampling, Sampling, VideoSampling
 from mmgt.generation.outputs import GenerationResult, OutputPaths, mask_panel, place_reference, write_outputs
 from mmgt.pose.conditioning import ConditionProcessor, normalise_frames, scale_keypoints
+
+if TYPE_CHECKING:
+    from diffusers import DDIMScheduler
+
+    from mmgt.data.audio_features import Stage1Features, Wav2VecFeatures
+    from mmgt.models.gesture_diffusion import GestureDiffusion
+    from mmgt.models.smga import GestureDecoder
+    from mmgt.models.video import VideoNet
+    from mmgt.pose.layout import PoseNormalizer
 
 log = logging.getLogger(__name__)
 
@@ -114,15 +123,16 @@ class GesturePipeline:
         pose_sampling, video_sampling: the sampling settings used where a call states none (the checkpoints').
     """
 
-    def __init__(self, *, pose_net: nn.Module, pose_diffusion: nn.Module, normalizer: Any, video_net: nn.Module,
-                 scheduler: Any, pose_features: Any, video_features: Any, conditions: ConditionProcessor,
-                 frame_size: tuple[int, int], audio_context: int = 2, pose_sampling: PoseSampling,
-                 video_sampling: VideoSampling, device: str | torch.device = "cpu", progress: bool = True) -> None:
+    def __init__(self, *, pose_net: GestureDecoder, pose_diffusion: GestureDiffusion, normalizer: PoseNormalizer,
+                 video_net: VideoNet, scheduler: DDIMScheduler, pose_features: Stage1Features,
+                 video_features: Wav2VecFeatures | None, conditions: ConditionProcessor, frame_size: tuple[int, int],
+                 audio_context: int = 2, pose_sampling: PoseSampling, video_sampling: VideoSampling,
+                 device: str | torch.device = "cpu", progress: bool = True) -> None:
         self.device = torch.device(device)
-        self.pose_net = pose_net.eval().requires_grad_(False).to(self.device)
+        self.pose_net = pose_net.eval().to(self.device)
         self.pose_diffusion = pose_diffusion.to(self.device)
         self.normalizer = normalizer
-        self.video_net = video_net.eval().requires_grad_(False).to(self.device)
+        self.video_net = video_net.eval().to(self.device)
         self.scheduler = scheduler
         self.pose_features, self.video_features = pose_features, video_features
         self.conditions_processor = conditions
@@ -171,6 +181,7 @@ class GesturePipeline:
                                       f"({HOP} samples per frame at {SAMPLE_RATE} Hz)")
         dev = torch.device(device)
         net = video.net
+        pose_features = Stage1Features(**dict(stage1_features or {}), device=dev)
         audio_context = int(vinfo.get("audio_context", 2))
         video_features = None
         if net.audio_proj is not None:
@@ -181,8 +192,7 @@ class GesturePipeline:
                 raise GenerationError(f"stage-2 audio embedding {got} does not match the video model's {want}: set "
                                       "`video.features` to the training DataModule's data.stage2_features")
         return cls(pose_net=smga.net, pose_diffusion=smga.diffusion, normalizer=smga.normalizer, video_net=net,
-                   scheduler=video.scheduler, pose_features=Stage1Features(**dict(stage1_features or {}), device=dev),
-                   video_features=video_features,
+                   scheduler=video.scheduler, pose_features=pose_features, video_features=video_features,
                    conditions=ConditionProcessor.from_info({**vinfo, "latent_downsample": net.codec.factor}),
                    frame_size=tuple(vinfo["frame_size"]), audio_context=audio_context,
                    pose_sampling=PoseSampling.from_dict(smga.sampling_settings()),
@@ -210,13 +220,15 @@ class GesturePipeline:
     def __call__(self, image: np.ndarray, audio: np.ndarray, pose: np.ndarray, *,
                  pose_sampling: PoseSampling | None = None, video_sampling: VideoSampling | None = None,
                  generator: torch.Generator | None = None, latents: torch.Tensor | None = None) -> GestureOutput:
-        """Frames for a source image (H0, W0, 3) uint8, 16 kHz mono speech and the image's pose (134, 3) in the
-        image's pixels. ``latents``: the initial noise (1, C, T, h, w) instead of drawing it from ``generator``."""
+        """Frames for a source image (H0, W0, 3) uint8, 16 kHz mono speech (N,) and the image's pose (134, 3) in the
+        image's pixels. Unstated sampling settings are the pipeline's (the checkpoints'); ``latents``: the initial
+        noise (1, C, T, H/f, W/f) instead of drawing it from ``generator``."""
         seconds: dict[str, float] = {}
         t = time.perf_counter()
         # 1. check inputs: the frame and its pose through one crop + resize; the frame count of the audio
         frame, tf = io.fit_image(io.read_image(image), self.frame_size)
-        io.check_person(np.asarray(pose, dtype=np.float32), "the initial pose")
+        pose = io.load_keypoints(pose)
+        io.check_person(pose, "the initial pose")
         init = tf.keypoints(pose)
         speech = io.load_speech(audio, min_peak=0.0)
         n = io.n_frames_for(len(speech))
