@@ -267,7 +267,7 @@ def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = No
         what = f"is a {KINDS[ckpt.kind]} checkpoint" if ckpt.kind in KINDS else f"is {ckpt.describe()}"
         raise CheckpointError(f"{ckpt.path} {what}; `{key}.ckpt` needs a {KINDS[kind]} checkpoint")
     hp = copy.deepcopy(ckpt.hparams)
-    for train_only in ("optim", "scheduler"):
+    for train_only in ("optim", "scheduler", "lr_scheduler"):  # stage 2's `scheduler` (noise) is refilled from YAML
         hp.pop(train_only, None)
     check_stored_config(hp, ckpt.path)
     hp["net"] = _deep_update(hp.get("net") or {}, net)

@@ -4,9 +4,9 @@ What lives here (and nothing architectural):
 
 - training: x0-prediction diffusion step (:class:`~mmgt.models.gesture_diffusion.GestureDiffusion`, per-sample
   audio dropout for classifier-free guidance) and the configured loss (``loss`` group, :class:`SMGALoss`);
-- an EMA copy of the network (``torch.optim.swa_utils.AveragedModel``, decay with the usual (1+n)/(10+n)
-  warm-up so short CPU runs do not validate a near-random average); it is saved in checkpoints (resume keeps it)
-  and used for validation sampling and :meth:`SMGAModule.sample_poses`;
+- an EMA copy of the network (:meth:`mmgt.lit.ema.EMA.copy_of`, laid out and updated as torch's ``AveragedModel``;
+  decay with the usual (1+n)/(10+n) warm-up so short CPU runs do not validate a near-random average); it is saved
+  in checkpoints (resume keeps it) and used for validation sampling and :meth:`SMGAModule.sample_poses`;
 - validation/test: loss on every batch, DDIM + CFG sampling of the first ``sampling.val_batches`` batches,
   gesture metrics (:class:`~mmgt.metrics.GestureSuite`: per-region keypoint L2, random-projection
   FGD, diversity, beat alignment) and, on rank 0, a TensorBoard video: ground truth | generated | region masks of
@@ -14,7 +14,8 @@ What lives here (and nothing architectural):
   them for stage 2).
 
 All constructor arguments arrive as DictConfigs (``_recursive_=False``) and are stored as plain dicts, so
-checkpoints load with ``weights_only=True``.
+checkpoints load with ``weights_only=True``. The ``sampling``, ``ema`` and ``video`` blocks are typed
+(:mod:`mmgt.lit.config`); their defaults, and a missing ``optim``'s, are those of ``conf/model/smga.yaml``.
 """
 
 from __future__ import annotations
@@ -30,9 +31,11 @@ import lightning as L
 import numpy as np
 import torch
 from torch import nn
-from torch.optim.swa_utils import AveragedModel
 
 from mmgt import checkpoints
+from mmgt.lit.config import EMAConfig, PoseSamplingConfig, PoseVideoConfig, yaml_block
+from mmgt.lit.ema import EMA
+from mmgt.lit.optim import configure_optimizers
 from mmgt.lit.resume import ResumableTraining
 from mmgt.losses.smga import SMGALoss
 from mmgt.metrics import GestureSuite, build_suite
@@ -42,29 +45,6 @@ from mmgt.pose.layout import PoseNormalizer, visibility
 from mmgt.utils.config import instantiate_partial, to_plain
 
 log = logging.getLogger(__name__)
-
-DEFAULT_SAMPLING = {"steps": 50, "eta": 1.0, "guidance": 2.0, "overlap": 0, "val_steps": 20, "val_batches": 1,
-                    "seed": 0}
-DEFAULT_EMA = {"enabled": True, "decay": 0.9999, "warmup": True}
-DEFAULT_VIDEO = {"enabled": True, "size": 128, "max_frames": 100,
-                 "masks": {"mode": "boxes", "branches": {"face": "face", "lips": "lips", "hands": "hands"},
-                           "blur": {}, "face_includes_hands": False}}
-DEFAULT_OPTIM = {"_target_": "torch.optim.AdamW", "_partial_": True, "lr": 2e-4, "weight_decay": 0.02}
-
-
-def _merge(default: Mapping[str, Any], given: Any) -> dict[str, Any]:
-    out = dict(default)
-    out.update(to_plain(given) or {})
-    return out
-
-
-def ema_multi_avg_fn(decay: float, warmup: bool):  # type: ignore[no-untyped-def]
-    """``AveragedModel`` multi_avg_fn: in-place EMA (foreach lerp) with decay ``min(decay, (1+n)/(10+n))``."""
-    def fn(avg: list[torch.Tensor], new: list[torch.Tensor], n: torch.Tensor | int) -> None:
-        d = min(decay, (1.0 + float(n)) / (10.0 + float(n))) if warmup else decay
-        torch._foreach_lerp_(avg, new, 1.0 - d)
-
-    return fn
 
 
 class SMGAModule(ResumableTraining, L.LightningModule):
@@ -82,10 +62,12 @@ class SMGAModule(ResumableTraining, L.LightningModule):
             net_cfg["max_len"] = int(info["window"])
         loss_cfg = to_plain(loss) or {}
         self.save_hyperparameters({
-            "net": net_cfg, "loss": loss_cfg, "optim": to_plain(optim) or dict(DEFAULT_OPTIM),
-            "scheduler": to_plain(scheduler), "sampling": _merge(DEFAULT_SAMPLING, sampling),
-            "ema": _merge(DEFAULT_EMA, ema), "diffusion": to_plain(diffusion) or {},
-            "video": _merge(DEFAULT_VIDEO, video), "metrics": to_plain(metrics) or {}, "data_info": info,
+            "net": net_cfg, "loss": loss_cfg, "optim": to_plain(optim) or yaml_block("model/smga.yaml", "optim"),
+            "scheduler": to_plain(scheduler),
+            "sampling": PoseSamplingConfig.from_dict(sampling, "model.sampling").to_dict(),
+            "ema": EMAConfig.from_dict(ema, "model.ema").to_dict(), "diffusion": to_plain(diffusion) or {},
+            "video": PoseVideoConfig.from_dict(video, "model.video").to_dict(), "metrics": to_plain(metrics) or {},
+            "data_info": info,
         })
         hp = self.hparams
         self.net = GestureDecoder(GestureDecoderConfig.from_dict(net_cfg))
@@ -93,11 +75,9 @@ class SMGAModule(ResumableTraining, L.LightningModule):
             self.load_net(init_from)
         self.diffusion = GestureDiffusion(**hp.diffusion)
         self.loss_fn = (instantiate_partial(loss_cfg) if "_target_" in loss_cfg else SMGALoss(**loss_cfg))
-        self.ema: AveragedModel | None = None
+        self.ema: EMA | None = None
         if hp.ema["enabled"]:
-            avg = ema_multi_avg_fn(float(hp.ema["decay"]), bool(hp.ema["warmup"]))
-            self.ema = AveragedModel(self.net, multi_avg_fn=avg)
-            self.ema.requires_grad_(False)
+            self.ema = EMA.copy_of(self.net, float(hp.ema["decay"]), bool(hp.ema["warmup"]))
         self.val_metrics = build_suite(hp.metrics, GestureSuite)  # a node without _target_: older checkpoints
         norm = info.get("normalizer") or {}
         fs = info.get("frame_size") or (512, 512)
@@ -123,7 +103,7 @@ class SMGAModule(ResumableTraining, L.LightningModule):
     def inference_view(self) -> SMGAModule:
         """Put the EMA weights into ``net`` and drop the average: the module as generation and exports use it."""
         if self.ema is not None:
-            self.net.load_state_dict(self.ema.module.state_dict())
+            self.ema.copy_to(self.net)
             self.ema = None
         return self
 
@@ -138,14 +118,8 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         return self.ema.module if self.ema is not None else self.net
 
     def configure_optimizers(self) -> Any:
-        opt = instantiate_partial(self.hparams.optim)(params=[p for p in self.net.parameters() if p.requires_grad])
-        sched_cfg = self.hparams.scheduler
-        if not sched_cfg:
-            return opt
-        sched_cfg = dict(sched_cfg)
-        interval = sched_cfg.pop("interval", "step")
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": instantiate_partial(sched_cfg)(optimizer=opt),
-                                                   "interval": interval}}
+        params = [p for p in self.net.parameters() if p.requires_grad]
+        return configure_optimizers(params, self.hparams.optim, self.hparams.scheduler)
 
     def _loss(self, net: nn.Module, batch: Mapping[str, Any], generator: torch.Generator | None = None
               ) -> dict[str, torch.Tensor]:
@@ -163,12 +137,12 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         return terms["loss"]
 
     def update_ema(self) -> None:
-        """Fold the current weights into the EMA copy (no-op without EMA); ``AveragedModel`` copies buffers (the
-        audio BatchNorm's running statistics) instead of averaging them. Called by
+        """Fold the current weights into the EMA copy (no-op without EMA); buffers (the audio BatchNorm's running
+        statistics) are copied instead of averaged. Called by
         :class:`~mmgt.lit.resume.ResumableTraining` right after each optimiser step that changed the weights, so the
         checkpoint of that step holds it."""
         if self.ema is not None:
-            self.ema.update_parameters(self.net)
+            self.ema.update(list(self.net.parameters()), list(self.net.buffers()))
 
     # ------------------------------------------------------------------------------------------- sampling
 

@@ -14,8 +14,11 @@ The architecture is :class:`mmgt.models.video.VideoNet`; this module only decide
   original's one draw per batch).
 - MM-HAA branch weights are explicit: ``attention.branch_weights`` is passed to every training forward, and
   sampling uses ``sampling.branch_weights`` (null = the same weights), through the same ``VideoNet.forward``.
-- optional EMA of the *trainable* parameters only (a full copy of the frozen UNets/VAE would double memory at
-  paper size), used for validation and saved in the checkpoint; gradient checkpointing and autocast switches.
+- optional EMA of the *trainable* parameters only (:class:`mmgt.lit.ema.EMA`; a full copy of the frozen
+  UNets/VAE would double memory at paper size), used for validation and saved in the checkpoint; gradient
+  checkpointing and autocast switches.
+- settings: typed blocks (:mod:`mmgt.lit.config`) whose defaults are those of ``conf/model/video.yaml`` and
+  ``conf/loss/video.yaml``; the optimiser and LR schedule are ``_partial_`` nodes, as in stage 1.
 - validation: held-out windows are generated with DDIM + CFG (context windows for clips longer than
   ``sampling.context_frames``); PSNR/SSIM per frame against ground truth (``mmgt.metrics``), and the PSNR of
   "copy the reference frame" (tells whether the model learned anything beyond appearance); rank 0 logs
@@ -26,7 +29,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,16 @@ from torch import nn
 
 from mmgt import checkpoints
 from mmgt.data.corpus import HOP
+from mmgt.lit.config import (
+    NoiseScheduleConfig,
+    ValidationConfig,
+    VideoEMAConfig,
+    VideoLossConfig,
+    VideoSamplingConfig,
+    yaml_block,
+)
+from mmgt.lit.ema import EMA
+from mmgt.lit.optim import configure_optimizers, legacy_video_optim
 from mmgt.lit.resume import ResumableTraining
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
 from mmgt.utils.config import to_plain
@@ -70,45 +82,6 @@ def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: fl
 load_net_state = checkpoints.video_net_state  # the name earlier code imports
 
 
-class EMA(nn.Module):
-    """Exponential moving average of the trainable parameters only (shadows kept as buffers -> checkpointed)."""
-
-    def __init__(self, named_params: Sequence[tuple[str, nn.Parameter]], decay: float = 0.999,
-                 warmup: bool = True) -> None:
-        super().__init__()
-        self.decay, self.warmup = float(decay), bool(warmup)
-        self.names = [n for n, _ in named_params]
-        for n, p in named_params:
-            self.register_buffer(n.replace(".", "__"), p.detach().clone().float())
-        self.register_buffer("steps", torch.zeros((), dtype=torch.long))
-
-    def shadows(self) -> list[torch.Tensor]:
-        return [getattr(self, n.replace(".", "__")) for n in self.names]
-
-    @torch.no_grad()
-    def update(self, params: Sequence[torch.Tensor]) -> None:
-        self.steps += 1
-        d = self.decay
-        if self.warmup:  # 1 - (1+n)/(10+n): fast start, as diffusers' EMAModel
-            n = float(self.steps)
-            d = min(d, (1 + n) / (10 + n))
-        torch._foreach_lerp_(self.shadows(), [p.detach().float() for p in params], 1 - d)
-
-    @contextlib.contextmanager
-    def applied(self, params: Sequence[torch.Tensor]):
-        """Temporarily copy the averages into ``params`` (e.g. for validation)."""
-        backup = [p.detach().clone() for p in params]
-        with torch.no_grad():
-            for p, s in zip(params, self.shadows()):
-                p.copy_(s.to(p.dtype))
-        try:
-            yield
-        finally:
-            with torch.no_grad():
-                for p, b in zip(params, backup):
-                    p.copy_(b)
-
-
 def _to_uint8(x: torch.Tensor) -> np.ndarray:
     """(F, 3, H, W) in [0, 1] -> (F, H, W, 3) uint8."""
     return (x.detach().float().clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
@@ -133,8 +106,10 @@ class VideoModule(ResumableTraining, L.LightningModule):
         attention: the ``attention`` group (``_target_``: the variant class, or its alias ``type``
             none|cross|haa|mm_haa; ``module``, ``blocks``, ``n_branches``, ``branch_weights``).
         loss: the ``loss`` group (snr_gamma, snr_plus_one, noise_offset, drop_image, drop_audio, cfg_per_sample).
-        optim: AdamW settings (lr, weight_decay, betas, eps) and the lr schedule (warmup_steps, schedule
-            constant|cosine, total_steps, min_lr_ratio).
+        optim: a ``_partial_`` optimiser node (called with ``params=``); a flat block without ``_target_`` (older
+            checkpoints: lr, weight_decay, betas, eps, warmup_steps, schedule, total_steps, min_lr_ratio) means
+            AdamW + :class:`~mmgt.lit.optim.WarmupCosine`; None: the YAML's optimiser and LR schedule.
+        lr_scheduler: a ``_partial_`` LR scheduler node (called with ``optimizer=``; ``interval``); None: none.
         substage: ``a`` or ``b`` (named so as not to clash with the DataModule's ``stage`` hparam).
         trainable: group names to train (default by stage, see ``DEFAULT_TRAINABLE``).
         init_from: checkpoint to initialise the net from (stage B: the stage-A ``.ckpt``); None = random init.
@@ -142,7 +117,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
             loaded at build time instead of stage A's identity motion modules, as the original).
         scheduler: ``make_scheduler`` kwargs (one beta schedule for training and sampling).
         sampling: steps, guidance, context_frames, context_overlap, branch_weights (None = attention's), eta.
-        ema: {enabled, decay}.
+        ema: {enabled, decay, warmup, init_from_ema}.
         validation: {max_batches: generate for this many val batches, log_media: bool, max_videos, seed}.
         gradient_checkpointing: recompute UNet activations in backward.
         autocast: None | "bf16" | "fp16" — autocast around the network forward.
@@ -159,18 +134,22 @@ class VideoModule(ResumableTraining, L.LightningModule):
                  trainable: Sequence[str] | None = None, init_from: str | None = None, scheduler: Any = None,
                  sampling: Any = None, ema: Any = None, validation: Any = None, gradient_checkpointing: bool = False,
                  autocast: str | None = None, load_weights: bool = True, init_exclude: Sequence[str] | None = None,
-                 data_info: Any = None, metrics: Any = None) -> None:
+                 data_info: Any = None, metrics: Any = None, lr_scheduler: Any = None) -> None:
         super().__init__()
         stage = str(substage).lower()
         if stage not in STAGES:
             raise ValueError(f"model.substage must be one of {STAGES}, got {stage!r}")
         if autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"model.autocast must be null, bf16 or fp16, got {autocast!r}")
-        hp = dict(net=to_plain(net), attention=to_plain(attention) or {"type": "none"}, loss=to_plain(loss) or {},
-                  optim=to_plain(optim) or {}, substage=stage,
-                  trainable=list(to_plain(trainable) or DEFAULT_TRAINABLE[stage]), init_from=init_from,
-                  scheduler=to_plain(scheduler) or {}, sampling=to_plain(sampling) or {}, ema=to_plain(ema) or {},
-                  validation=to_plain(validation) or {}, gradient_checkpointing=bool(gradient_checkpointing),
+        optim, lr_scheduler = self._optim_nodes(to_plain(optim), to_plain(lr_scheduler))
+        hp = dict(net=to_plain(net), attention=to_plain(attention) or {"type": "none"},
+                  loss=VideoLossConfig.from_dict(loss, "loss").to_dict(), optim=optim, lr_scheduler=lr_scheduler,
+                  substage=stage, trainable=list(to_plain(trainable) or DEFAULT_TRAINABLE[stage]), init_from=init_from,
+                  scheduler=NoiseScheduleConfig.from_dict(scheduler, "model.scheduler").to_dict(),
+                  sampling=VideoSamplingConfig.from_dict(sampling, "model.sampling").to_dict(),
+                  ema=VideoEMAConfig.from_dict(ema, "model.ema").to_dict(),
+                  validation=ValidationConfig.from_dict(validation, "model.validation").to_dict(),
+                  gradient_checkpointing=bool(gradient_checkpointing),
                   autocast=autocast, load_weights=bool(load_weights),
                   init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {},
                   metrics=to_plain(metrics))
@@ -196,10 +175,21 @@ class VideoModule(ResumableTraining, L.LightningModule):
         self.scheduler = make_scheduler(**hp["scheduler"])
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         e = hp["ema"]
-        self.ema = EMA(self._trainable_params(), e.get("decay", 0.999)) if e.get("enabled") else None
+        self.ema = EMA.of_params(self._trainable_params(), e["decay"], e["warmup"]) if e["enabled"] else None
         self._val_psnr = self._val_ssim = self._copy_psnr = None
 
     # ------------------------------------------------------------------------------------------ setup
+    @staticmethod
+    def _optim_nodes(optim: Any, lr_scheduler: Any) -> tuple[dict[str, Any], dict[str, Any] | None]:
+        """``model.optim`` / ``model.lr_scheduler`` as ``_partial_`` nodes; a missing optimiser is the YAML's (with
+        its LR schedule), a flat block (older checkpoints) the AdamW + warm-up/cosine it meant."""
+        if optim is None:
+            return yaml_block("model/video.yaml", "optim"), yaml_block("model/video.yaml", "lr_scheduler")
+        if "_target_" in optim:
+            return dict(optim), lr_scheduler
+        return legacy_video_optim(optim, yaml_block("model/video.yaml", "optim"),
+                                  {**yaml_block("model/video.yaml", "lr_scheduler"), **(lr_scheduler or {})})
+
     def _trainable_params(self) -> list[tuple[str, nn.Parameter]]:
         names = set(self.trainable_names)
         return [(n, p) for n, p in self.net.named_parameters() if n in names]
@@ -207,7 +197,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
     def load_net(self, path: str | Path) -> None:
         """Initialise the net from a checkpoint; parts this net has but the checkpoint lacks (e.g. audio modules
         added in stage B) keep their (zero) init; mismatched shapes are an error."""
-        sd = load_net_state(path, prefer_ema=bool(self.hparams.ema.get("init_from_ema", True)))
+        sd = load_net_state(path, prefer_ema=bool(self.hparams.ema["init_from_ema"]))
         groups = self.net.parameter_groups()
         skip = {n for g in self.hparams.init_exclude for n, _ in groups[g]}
         sd = {k: v for k, v in sd.items() if k not in skip}
@@ -222,27 +212,11 @@ class VideoModule(ResumableTraining, L.LightningModule):
         log.info("initialised from %s: %d tensors loaded, %d kept at init (%s...), %d ignored", path,
                  len(own) - len(missing), len(missing), ", ".join(missing[:3]), len(unexpected))
 
-    def configure_optimizers(self) -> dict[str, Any]:
-        o = self.hparams.optim
-        params = [p for _, p in self._trainable_params()]
-        opt = torch.optim.AdamW(params, lr=float(o.get("lr", 1e-4)), weight_decay=float(o.get("weight_decay", 0.01)),
-                                betas=tuple(o.get("betas", (0.9, 0.999))), eps=float(o.get("eps", 1e-8)))
-        warm, schedule = int(o.get("warmup_steps", 0)), str(o.get("schedule", "constant"))
-        if schedule not in ("constant", "cosine"):
-            raise ValueError(f"optim.schedule={schedule!r}: expected 'constant' or 'cosine'")
-        total = max(1, int(o.get("total_steps") or self.trainer.estimated_stepping_batches)) \
-            if schedule == "cosine" else 1
-        floor = float(o.get("min_lr_ratio", 0.0))
-
-        def factor(step: int) -> float:
-            # linear warm-up, then constant or a cosine decay to min_lr_ratio at total_steps (short runs end sharper)
-            f = min(1.0, (step + 1) / warm) if warm > 0 else 1.0
-            if schedule == "cosine":
-                f *= floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-            return f
-
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, factor)
-        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+    def configure_optimizers(self) -> Any:
+        sched = self.hparams.lr_scheduler
+        if sched and sched.get("schedule") == "cosine" and not sched.get("total_steps"):  # null: the trainer's
+            sched = {**sched, "total_steps": int(self.trainer.estimated_stepping_batches)}
+        return configure_optimizers([p for _, p in self._trainable_params()], self.hparams.optim, sched)
 
     def setup(self, stage: str) -> None:
         from mmgt.metrics import PSNR, SSIM
@@ -279,11 +253,11 @@ class VideoModule(ResumableTraining, L.LightningModule):
 
     def _drops(self, b: int) -> tuple[torch.Tensor, torch.Tensor | None]:
         lo = self.hparams.loss
-        n = b if lo.get("cfg_per_sample", True) else 1
-        drop_img = (torch.rand(n, device=self.device) < float(lo.get("drop_image", 0.1))).expand(b)
+        n = b if lo["cfg_per_sample"] else 1
+        drop_img = (torch.rand(n, device=self.device) < float(lo["drop_image"])).expand(b)
         drop_aud = None
         if self.substage == "b":
-            drop_aud = (torch.rand(n, device=self.device) < float(lo.get("drop_audio", 0.05))).expand(b)
+            drop_aud = (torch.rand(n, device=self.device) < float(lo["drop_audio"])).expand(b)
         return drop_img, drop_aud
 
     def diffusion_loss(self, batch: dict[str, Any]) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
@@ -295,7 +269,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
         ref_lat = net.encode_frames(x["ref"])
         b = latents.shape[0]
         noise = torch.randn_like(latents)
-        off = float(lo.get("noise_offset", 0.0))
+        off = float(lo["noise_offset"])
         if off:
             noise = noise + off * torch.randn(b, latents.shape[1], 1, 1, 1, device=latents.device, dtype=noise.dtype)
         t = torch.randint(0, self.scheduler.config.num_train_timesteps, (b,), device=latents.device)
@@ -307,7 +281,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
             pred = net(noisy, t, ref_lat, emb, x["pose"], x["audio"], x["masks"], self.branch_weights,
                        drop_image=drop_img, drop_audio=drop_aud)
         mse = (pred.float() - target.float()).square().flatten(1).mean(1)
-        w = snr_weights(self.alphas_cumprod, t, lo.get("snr_gamma", 5.0), bool(lo.get("snr_plus_one", True)))
+        w = snr_weights(self.alphas_cumprod, t, lo["snr_gamma"], bool(lo["snr_plus_one"]))
         loss = (mse * w).mean()
         return loss, {"mse": mse.mean().detach(), "snr_weight": w.mean().detach()}
 
@@ -330,10 +304,9 @@ class VideoModule(ResumableTraining, L.LightningModule):
         """The recorded sampling settings with their defaults filled in (what :meth:`sampler` and the generation
         pipeline sample with); ``branch_weights`` resolved (null: the training weights)."""
         s = self.hparams.sampling
-        return {"steps": int(s.get("steps", 30)), "guidance": float(s.get("guidance", 3.5)),
-                "context_frames": int(s.get("context_frames", 12)), "context_overlap": int(s.get("context_overlap", 4)),
-                "eta": float(s.get("eta", 0.0)), "beta_schedule": s.get("beta_schedule"),
-                "branch_weights": self.sample_branch_weights()}
+        return {"steps": int(s["steps"]), "guidance": float(s["guidance"]), "context_frames": int(s["context_frames"]),
+                "context_overlap": int(s["context_overlap"]), "eta": float(s["eta"]),
+                "beta_schedule": s["beta_schedule"], "branch_weights": self.sample_branch_weights()}
 
     def sampler(self, **overrides: Any) -> VideoSampler:
         s = {**self.sampling_settings(), **overrides}
@@ -342,7 +315,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
                             eta=float(s["eta"]), beta_schedule=s["beta_schedule"])
 
     def sample_branch_weights(self) -> list[float] | None:
-        bw = self.hparams.sampling.get("branch_weights")
+        bw = self.hparams.sampling["branch_weights"]
         return self.branch_weights if bw is None else bw
 
     @torch.no_grad()
@@ -386,9 +359,9 @@ class VideoModule(ResumableTraining, L.LightningModule):
         b = batch["frames"].shape[0]
         loss, _ = self.diffusion_loss(batch)
         self.log(f"{self._prefix}/loss", loss, batch_size=b, sync_dist=True)
-        if batch_idx >= int(v.get("max_batches", 1)):
+        if batch_idx >= int(v["max_batches"]):
             return
-        g = torch.Generator(device=self.device).manual_seed(int(v.get("seed", 0)) + batch_idx + 1000 * self.global_rank)
+        g = torch.Generator(device=self.device).manual_seed(int(v["seed"]) + batch_idx + 1000 * self.global_rank)
         gen = self.generate(batch, generator=g)
         x = self._inputs(batch)
         gt = x["frames"].float()
@@ -402,7 +375,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
             self._suite.update(gen, gt, audio=batch["audio"][:, :gt.shape[1] * HOP], keypoints=kp)
             self._suite_updated = True
         gt, fake = (gt + 1) / 2, (gen + 1) / 2
-        if batch_idx == 0 and v.get("log_media", True) and self.trainer.is_global_zero and self.loggers:
+        if batch_idx == 0 and v["log_media"] and self.trainer.is_global_zero and self.loggers:
             self._log_media(batch, x, gt, fake)
 
     # the test split is evaluated exactly like validation, logged under test/
@@ -419,7 +392,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
         from mmgt.callbacks.media import log_video, side_by_side
 
         hw = tuple(gt.shape[-2:])
-        n = min(int(self.hparams.validation.get("max_videos", 2)), gt.shape[0])
+        n = min(int(self.hparams.validation["max_videos"]), gt.shape[0])
         fps = float(self.hparams.data_info.get("fps", 25.0))
         for i in range(n):
             parts = [_to_uint8(gt[i]), _to_uint8(x["pose"][i].float())]
@@ -436,10 +409,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
         """Copy the EMA averages into the trainable parameters and drop the EMA: the module as generation and
         exports use it."""
         if self.ema is not None:
-            named = dict(self.net.named_parameters())
-            with torch.no_grad():
-                for name, shadow in zip(self.ema.names, self.ema.shadows()):
-                    named[name].copy_(shadow.to(named[name].dtype))
+            self.ema.copy_to(self.net)
             self.ema = None
         return self
 
