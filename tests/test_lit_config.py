@@ -201,7 +201,8 @@ def test_stage2_optimiser_switches_by_config() -> None:
         cfg = compose("train", overrides=["experiment=video_stage_a", "model.metrics=null"])
     out = instantiate(cfg.model, data_info=INFO, _recursive_=False).configure_optimizers()
     assert type(out["optimizer"]) is torch.optim.AdamW and type(out["lr_scheduler"]["scheduler"]) is WarmupCosine
-    assert tuple(out["optimizer"].param_groups[0]["betas"]) == (0.9, 0.999) and out["lr_scheduler"]["interval"] == "step"
+    assert tuple(out["optimizer"].param_groups[0]["betas"]) == (0.9, 0.999)
+    assert out["lr_scheduler"]["interval"] == "step"
 
 
 def _old_video_schedule(opt: torch.optim.Optimizer, warm: int) -> torch.optim.lr_scheduler.LambdaLR:
