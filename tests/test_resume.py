@@ -171,7 +171,7 @@ def _common(corpus: Path, steps: int, every: int) -> list[str]:
 SMGA = ["experiment=quickstart_smga", "data.window=16", "data.stride=16", "data.batch_size=4",
         "model.video.enabled=false", "size.smga.width=32", "size.smga.ff_size=64", "size.smga.num_layers=1"]
 # tiny sub-stage A: 32 px frames, batches of 4: 8 batches per epoch (30 windows)
-VIDEO = ["experiment=video_stage_a", "data.stride=16", "data.batch_size=4", "model.optim.warmup_steps=2"]
+VIDEO = ["experiment=video_stage_a", "data.stride=16", "data.batch_size=4", "model.lr_scheduler.warmup_steps=2"]
 
 
 # ------------------------------------------------------------------------------------------- unit tests
