@@ -213,7 +213,8 @@ def test_class_paths_from_configs_are_checked_before_import() -> None:
 
 def test_toy_attention_variant_from_config_trains_and_samples(tmp_path: Path) -> None:
     """``attention=audio_bias``: a gated per-channel audio bias at the UNet's down blocks, built only from config."""
-    m = from_config("attention=audio_bias", "model.substage=b", "model.optim.lr=0.05", "model.lr_scheduler.warmup_steps=0")
+    m = from_config("attention=audio_bias", "model.substage=b", "model.optim.lr=0.05",
+                    "model.lr_scheduler.warmup_steps=0")
     net = m.net
     assert type(net.audio_modules) is AudioBiasAttention and net.attention_type == "audio_bias" and net.masked
     assert len(net.audio_modules) == 2 and all(isinstance(b, GatedAudioBias) for b in net.audio_modules.values())
