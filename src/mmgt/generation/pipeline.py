@@ -35,10 +35,10 @@ import numpy as np
 import torch
 from torch import nn
 
+import mmgt.generation.inputs as io
 from mmgt import checkpoints
 from mmgt.data.corpus import FPS, HOP, SAMPLE_RATE
 from mmgt.errors import GenerationError
-from mmgt.generation import inputs as io
 from mmgt.generation.options import PoseSampling, Sampling, VideoSampling
 from mmgt.generation.outputs import GenerationResult, OutputPaths, mask_panel, place_reference, write_outputs
 from mmgt.pose.conditioning import ConditionProcessor, normalise_frames, scale_keypoints

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 from torchmetrics.image.fid import NoTrainInceptionV3
 
-from mmgt.metrics import weights as W
+import mmgt.metrics.weights as W
 from mmgt.metrics.frechet import FrechetMetric
 from mmgt.metrics.i3d import he_init
 from mmgt.metrics.video import ensure_device, to_unit

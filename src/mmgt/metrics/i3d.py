@@ -24,7 +24,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval
 
-from mmgt.metrics import weights as W
+import mmgt.metrics.weights as W
 from mmgt.metrics.frechet import FrechetMetric
 from mmgt.metrics.video import ensure_device, to_unit
 

@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from torch import Tensor
 from torch.nn.utils.fusion import fuse_conv_bn_eval, fuse_linear_bn_eval
 
+import mmgt.metrics.weights as W
 from mmgt.data.video_io import HOP, SAMPLE_RATE
-from mmgt.metrics import weights as W
 from mmgt.metrics.base import SuiteMetric
 from mmgt.metrics.i3d import he_init
 from mmgt.metrics.video import ensure_device, to_unit

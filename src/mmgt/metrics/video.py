@@ -21,7 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor
 from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from mmgt.metrics import weights as W
+import mmgt.metrics.weights as W
 from mmgt.metrics.base import SuiteMetric
 from mmgt.metrics.cache import FeatureCache
 
