@@ -131,6 +131,7 @@ def test_hung_rank_ends_the_job_within_the_timeout(synthetic_corpus: Path, tmp_p
     readers[0].join(10)
     out = "".join(logs[0])
     assert procs[0].returncode != 0 and "Timed out" in out, out[-4000:]
+    assert "stopped responding: rank(s) 1" in out, out[-4000:]  # the hung rank is named
     assert timeout / 2 <= elapsed <= timeout + 30, elapsed
     print(f"rank 0 ended {elapsed:.1f} s after rank 1 hung (timeout {timeout} s)")
 

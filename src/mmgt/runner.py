@@ -89,7 +89,10 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     datamodule = instantiate(cfg.data)
     info = datamodule.info() if hasattr(datamodule, "info") else {}
     model = instantiate(cfg.model, data_info=info, _recursive_=False)
-    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or [])
+    from mmgt.callbacks.heartbeat import RankHeartbeat
+
+    heartbeat = RankHeartbeat()
+    callbacks = instantiate_group(cfg.get("callbacks")) + list(extra_callbacks or []) + [heartbeat]
     loggers = instantiate_group(cfg.get("logger"))
     from mmgt.lit.checkpoint_io import AtomicCheckpointIO
 
@@ -98,7 +101,14 @@ def train(cfg: DictConfig, extra_callbacks: list[Any] | None = None) -> dict[str
     if trainer.is_global_zero:
         Path(output_dir).mkdir(parents=True, exist_ok=True)
         OmegaConf.save(cfg, Path(output_dir) / "config_resolved.yaml", resolve=True)
-    trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    try:
+        trainer.fit(model, datamodule=datamodule, ckpt_path=resolve_ckpt_path(cfg.get("ckpt_path"), output_dir))
+    except Exception as err:
+        clear = heartbeat.explain(err)  # a timed-out collective: name the rank that stopped answering
+        if clear is not None:
+            log.error("%s", clear)
+            raise clear from err
+        raise
     save_final_checkpoint(trainer)
     metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if getattr(v, "numel", lambda: 1)() == 1}
     if cfg.get("test"):
