@@ -241,6 +241,21 @@ def test_write_failure_leaves_no_partial_files(pipe, assets, tmp_path, monkeypat
     assert len(calls) == 2 and not list(out_dir.iterdir())
 
 
+def test_non_finite_poses_are_refused_before_any_output(pipe, assets, tmp_path, monkeypatch) -> None:
+    """A broken SMGA model sampling NaN keypoints used to give an mp4 rendered from 100 % NaN poses, exit 0."""
+    real = pipe.pose_diffusion.sample
+
+    def nan_poses(*args, **kwargs):  # type: ignore[no-untyped-def]
+        return real(*args, **kwargs) * float("nan")
+
+    monkeypatch.setattr(pipe.pose_diffusion, "sample", nan_poses)
+    out = tmp_path / "out" / "x.mp4"
+    with pytest.raises(GenerationError, match="non-finite keypoints"):
+        pipe.generate(assets["image"], speech_file(assets, 1.0, tmp_path), out, keypoints=assets["keypoints"],
+                      sampling=FAST)
+    assert not out.exists()
+
+
 def test_checkpoints_mismatch_and_export(assets, tmp_path) -> None:
     d = assets["dir"]
     with pytest.raises(GenerationError, match=r"stage-1 \(SMGA.*`video.ckpt` needs a stage-2"):

@@ -281,6 +281,9 @@ class GesturePipeline:
                 num_keypoints=cfg.num_keypoints, channels=cfg.channels, overlap=sampling.overlap,
                 steps=sampling.steps, eta=sampling.eta, guidance=sampling.guidance, generator=generator)
         px = norm.denormalize(out[0].float().cpu()).numpy()
+        if not np.isfinite(px).all():  # never render a video from NaN keypoints (a diverged or broken SMGA model)
+            raise GenerationError(f"stage 1 produced non-finite keypoints ({int((~np.isfinite(px)).sum())} values): "
+                                  "the SMGA checkpoint or the audio features are broken")
         return scale_keypoints(px, norm_hw, self.frame_size)
 
     def conditions(self, keypoints: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
