@@ -64,7 +64,7 @@ def build_pipeline(args: argparse.Namespace):
                         autocast="bf16" if args.full and args.device.startswith("cuda") else None,
                         sampling=dict(steps=args.steps, guidance=2.0, context_frames=args.context,
                                       context_overlap=args.overlap))
-    return GesturePipeline(smga, video, device=args.device, progress=False)
+    return GesturePipeline.from_modules(smga, video, device=args.device, progress=False)
 
 
 def inputs(folder: Path, size: int, seconds: float) -> tuple[Path, Path, Path]:
@@ -97,8 +97,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     pipe = build_pipeline(args)
     h, w = pipe.frame_size
-    print(f"device {args.device}, frame {h}x{w}, video steps {pipe.video.hparams.sampling.get('steps')}, "
-          f"SMGA steps {pipe.smga.hparams.sampling.get('steps')}")
+    print(f"device {args.device}, frame {h}x{w}, video steps {pipe.video_sampling.steps}, "
+          f"SMGA steps {pipe.pose_sampling.steps}")
     print(f"{'threads':>7} {'audio s':>7} {'frames':>6} {'inputs':>7} {'poses':>7} {'conds':>7} {'video':>7} "
           f"{'write':>6} {'frames/s':>8}")
     with tempfile.TemporaryDirectory() as tmp:
