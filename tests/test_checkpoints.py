@@ -301,3 +301,12 @@ def test_optimiser_state_from_a_list_setting_loads_weights_only(tmp_path) -> Non
     opt.step()
     torch.save({"state_dict": lin.state_dict(), "optimizer_states": [opt.state_dict()]}, tmp_path / "o.ckpt")
     assert checkpoints.load_torch(tmp_path / "o.ckpt")["optimizer_states"][0]["param_groups"][0]["betas"]
+
+
+def test_rebuilt_video_module_keeps_its_noise_schedule(tmp_path) -> None:
+    """Stage 2's `scheduler` is the noise schedule: a checkpoint trained with other betas samples with them."""
+    video = VideoModule(VIDEO_NET, attention={"type": "mm_haa", "blocks": ["down"]}, substage="b",
+                        data_info=VIDEO_INFO, scheduler={"beta_end": 0.02})
+    module = checkpoints.build_module(checkpoints.read(_save(video, tmp_path / "v.ckpt")), "video")
+    assert torch.equal(module.alphas_cumprod, video.alphas_cumprod)
+    assert module.hparams.scheduler["beta_end"] == 0.02

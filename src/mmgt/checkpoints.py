@@ -267,7 +267,8 @@ def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = No
         what = f"is a {KINDS[ckpt.kind]} checkpoint" if ckpt.kind in KINDS else f"is {ckpt.describe()}"
         raise CheckpointError(f"{ckpt.path} {what}; `{key}.ckpt` needs a {KINDS[kind]} checkpoint")
     hp = copy.deepcopy(ckpt.hparams)
-    for train_only in ("optim", "scheduler", "lr_scheduler"):  # stage 2's `scheduler` (noise) is refilled from YAML
+    # optimiser and LR schedule are training-only; stage 2's `scheduler` is its noise schedule and is kept
+    for train_only in ("optim", "lr_scheduler") + (("scheduler",) if kind == "smga" else ()):
         hp.pop(train_only, None)
     check_stored_config(hp, ckpt.path)
     hp["net"] = _deep_update(hp.get("net") or {}, net)
