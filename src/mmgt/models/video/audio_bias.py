@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from mmgt.models.video.attention import MotionMaskedAudioAttention
-from mmgt.models.video.mmhaa import as_weights, check_masks
+from mmgt.models.video.mmhaa import as_weights, check_inputs
 
 
 class GatedAudioBias(nn.Module):
@@ -36,9 +36,7 @@ class GatedAudioBias(nn.Module):
                 branch_weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
         """hidden (N, C, hh, ww); audio (N, T, D); masks (N, K, hh, ww) / (N, K, hh·ww) or None (= ones)."""
         n, c, hh, ww = hidden.shape
-        if audio.shape[0] != n:
-            raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
-        check_masks(masks, n, self.n_branches, hh, ww)
+        check_inputs(hidden, audio, masks, self.n_branches)
         w = as_weights(branch_weights, self.n_branches, hidden) * torch.tanh(self.gate).to(hidden.dtype)
         summary = audio.to(hidden.dtype).mean(1)  # (N, D)
         out = hidden

@@ -45,7 +45,11 @@ def as_weights(branch_weights: Sequence[float] | torch.Tensor | None, k: int, li
     return w
 
 
-def check_masks(masks: torch.Tensor | None, n: int, k: int, hh: int, ww: int) -> None:
+def check_inputs(hidden: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor | None, k: int) -> None:
+    """The shapes every audio block needs: one audio token set per frame, masks of K branches at the map's size."""
+    n, _, hh, ww = hidden.shape
+    if audio.shape[0] != n:
+        raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
     if masks is not None and (masks.shape[0] != n or masks.shape[1] != k or masks[0, 0].numel() != hh * ww):
         raise ValueError(f"masks {tuple(masks.shape)} do not fit {k} branches at {hh}x{ww} for {n} frames")
 
@@ -95,9 +99,7 @@ class AudioAttention(nn.Module):
         Returns the updated feature map (N, C, hh, ww).
         """
         n, c, hh, ww = hidden.shape
-        if audio.shape[0] != n:
-            raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
-        check_masks(masks, n, self.n_branches, hh, ww)
+        check_inputs(hidden, audio, masks, self.n_branches)
         w = as_weights(branch_weights, self.n_branches, hidden)
         q = self.norm(hidden.flatten(2).transpose(1, 2))  # (N, hh·ww, C)
         return hidden + masked_branch_sum(self.attn, self.proj, q, audio, masks, w, (hh, ww))
@@ -146,9 +148,7 @@ class OfficialAudioModule(nn.Module):
                 branch_weights: Sequence[float] | torch.Tensor | None = None) -> torch.Tensor:
         """hidden (N, C, hh, ww); audio (N, T, D); masks (N, K, hh, ww) / (N, K, hh·ww) or None (= ones)."""
         n, _, hh, ww = hidden.shape
-        if audio.shape[0] != n:
-            raise ValueError(f"audio tokens for {audio.shape[0]} frames, feature map has {n}")
-        check_masks(masks, n, self.n_branches, hh, ww)
+        check_inputs(hidden, audio, masks, self.n_branches)
         w = as_weights(branch_weights, self.n_branches, hidden)
         x = self.proj_in(self.norm(hidden))
         inner = x.shape[1]
