@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgt.models.video.weights import require
+from mmgt.models.video.weights import load_pretrained
 
 
 class PixelCodec(nn.Module):
@@ -56,12 +56,13 @@ class VAECodec(nn.Module):
         return self
 
     def encode(self, images: torch.Tensor, sample: bool = False) -> torch.Tensor:
+        """Latents in the images' dtype (a float16 / bfloat16 VAE stays an implementation detail)."""
         dist = self.vae.encode(images.to(self.vae.dtype)).latent_dist
         z = dist.sample() if sample else dist.mean
-        return z * self.scale
+        return (z * self.scale).to(images.dtype)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
-        return self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample.clamp(-1, 1)
+        return self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample.clamp(-1, 1).to(latents.dtype)
 
 
 # SD-1.5 VAE layout (used to build it without weights, e.g. on the meta device).
@@ -73,8 +74,10 @@ SD_VAE_CONFIG: dict[str, Any] = dict(
 
 
 def build_codec(cfg: dict, key: str = "size.video.codec", load_weights: bool = True) -> nn.Module:
-    """``{type: pixel, factor, scale}`` or ``{type: vae, path, scaling_factor[, config]}`` -> codec module.
+    """``{type: pixel, factor, scale}`` or ``{type: vae, path, scaling_factor[, config, variant, dtype]}`` -> codec.
 
+    The VAE folder is loaded strictly (:func:`~mmgt.models.pretrained.load_pretrained`: a missing tensor is an
+    error), from the ``variant`` weight files (``fp16`` for fp16-only folders), built in ``dtype`` (null: float32).
     Without weights (``load_weights=False``: the weights come from a checkpoint) the VAE is built from ``config``
     (the architecture recorded with an export), else the SD-1.5 layout."""
     kind = cfg.get("type", "pixel")
@@ -85,6 +88,7 @@ def build_codec(cfg: dict, key: str = "size.video.codec", load_weights: bool = T
 
         if not load_weights:
             return VAECodec(AutoencoderKL(**dict(cfg.get("config") or SD_VAE_CONFIG)), cfg.get("scaling_factor"))
-        path = require(cfg.get("path"), f"{key}.path", "vae", files=("config.json",))
-        return VAECodec(AutoencoderKL.from_pretrained(str(path), local_files_only=True), cfg.get("scaling_factor"))
+        vae = load_pretrained(AutoencoderKL, cfg.get("path"), key=f"{key}.path", what="vae", variant=cfg.get("variant"),
+                              dtype=cfg.get("dtype"))
+        return VAECodec(vae, cfg.get("scaling_factor"))
     raise ValueError(f"{key}.type must be 'pixel' or 'vae', got {kind!r}")

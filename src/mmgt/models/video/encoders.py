@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mmgt.models.video.weights import require
+from mmgt.models.video.weights import load_pretrained
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
@@ -60,7 +60,8 @@ class CLIPImageEncoder(nn.Module):
         top, left = (x.shape[-2] - self.size) // 2, (x.shape[-1] - self.size) // 2
         x = x[..., top:top + self.size, left:left + self.size]
         x = (x - self.mean) / self.std
-        return self.model(pixel_values=x.to(self.model.dtype)).image_embeds[:, None]
+        # the embedding in the images' dtype: a float16 / bfloat16 encoder stays an implementation detail
+        return self.model(pixel_values=x.to(self.model.dtype)).image_embeds[:, None].to(images.dtype)
 
 
 # ViT-L/14 layout of the sd-image-variations image encoder (for building without weights).
@@ -70,7 +71,9 @@ CLIP_L14_CONFIG = dict(hidden_size=1024, intermediate_size=4096, num_attention_h
 
 def build_image_encoder(cfg: dict, dim: int, key: str = "size.video.image_encoder",
                         load_weights: bool = True) -> nn.Module:
-    """``{type: conv, channels}`` or ``{type: clip, path[, config]}``; ``dim`` is the UNets' cross-attention width.
+    """``{type: conv, channels}`` or ``{type: clip, path[, config, variant, dtype]}``; ``dim`` is the UNets'
+    cross-attention width. The CLIP folder is loaded strictly (a missing tensor is an error) and built in ``dtype``
+    (null: float32, whatever the file's dtype).
 
     Without weights the CLIP encoder is built from ``config`` (recorded with an export), else the ViT-L/14 layout."""
     kind = cfg.get("type", "conv")
@@ -80,8 +83,8 @@ def build_image_encoder(cfg: dict, dim: int, key: str = "size.video.image_encode
         from transformers import CLIPVisionConfig, CLIPVisionModelWithProjection
 
         if load_weights:
-            path = require(cfg.get("path"), f"{key}.path", "image_encoder", files=("config.json",))
-            model = CLIPVisionModelWithProjection.from_pretrained(str(path), local_files_only=True)
+            model = load_pretrained(CLIPVisionModelWithProjection, cfg.get("path"), key=f"{key}.path",
+                                    what="image_encoder", variant=cfg.get("variant"), dtype=cfg.get("dtype"))
         else:
             model = CLIPVisionModelWithProjection(CLIPVisionConfig(**dict(cfg.get("config") or CLIP_L14_CONFIG)))
         enc = CLIPImageEncoder(model)

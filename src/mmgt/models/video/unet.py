@@ -26,9 +26,10 @@ from diffusers import MotionAdapter, UNet2DConditionModel, UNetMotionModel
 from diffusers.models.unets.unet_motion_model import AnimateDiffTransformer3D
 from torch import nn
 
+from mmgt.models.pretrained import check_complete
 from mmgt.models.video.backbone import ROLE_GROUPS, Backbone, Site
 from mmgt.models.video.reference import ForwardContext, attach_reference
-from mmgt.models.video.weights import require
+from mmgt.models.video.weights import IncompleteWeightsError, load_pretrained
 
 _DOWN = {"cross": "CrossAttnDownBlock2D", "plain": "DownBlock2D"}
 _UP = {"cross": "CrossAttnUpBlock2D", "plain": "UpBlock2D"}
@@ -40,9 +41,12 @@ SD15_UNET = dict(block_out_channels=[320, 640, 1280, 1280], layers_per_block=2,
 
 
 UNET_KEYS = frozenset(("block_out_channels", "layers_per_block", "down_blocks", "heads", "cross_attention_dim",
-                       "norm_num_groups", "motion_heads", "motion_max_seq_length", "pretrained", "motion_adapter",
-                       "motion_norm"))
+                       "norm_num_groups", "motion_heads", "motion_max_seq_length", "motion_mid_block", "pretrained",
+                       "variant", "motion_adapter", "motion_adapter_variant", "motion_norm"))
 MOTION_NORMS = ("per_frame", "across_frames")
+# size.video.unet key -> the MotionAdapter config field it must agree with (the adapter's config decides)
+ADAPTER_FIELDS = {"motion_heads": "motion_num_attention_heads", "motion_max_seq_length": "motion_max_seq_length",
+                  "motion_mid_block": "use_motion_mid_block", "layers_per_block": "motion_layers_per_block"}
 
 
 def check_unet_config(cfg: dict, key: str = "size.video.unet") -> None:
@@ -69,8 +73,52 @@ def unet2d_config(cfg: dict, latent_channels: int) -> dict[str, Any]:
     )
 
 
-def motion_config(cfg: dict, latent_channels: int) -> dict[str, Any]:
-    """diffusers ``UNetMotionModel`` kwargs for the same layout plus motion modules."""
+def _same(a: Any, b: Any, n: int) -> bool:
+    """Equal as per-block values (an int stands for the same value at each of the ``n`` levels)."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return bool(a) == bool(b)
+    def per_block(v: Any) -> list[int]:
+        return [int(x) for x in v] if isinstance(v, (list, tuple)) else [int(v)] * n
+
+    return per_block(a) == per_block(b)
+
+
+def motion_settings(cfg: dict, adapter_config: Any = None, key: str = "size.video.unet",
+                    source: str = "the motion adapter") -> dict[str, Any]:
+    """``UNetMotionModel`` motion kwargs. With a loaded ``MotionAdapter`` its config decides (heads, sequence
+    length, mid block, layers); a YAML value that disagrees is refused, so the recorded config always describes the
+    built network (a checkpoint rebuilt without the adapter folder gets the same architecture). Without an adapter:
+    ``motion_heads`` (null: ``heads``), ``motion_max_seq_length`` (null: 32), ``motion_mid_block`` (null: true)."""
+    own = dict(motion_heads=cfg.get("motion_heads"), motion_max_seq_length=cfg.get("motion_max_seq_length"),
+               motion_mid_block=cfg.get("motion_mid_block"), layers_per_block=cfg.get("layers_per_block"))
+    if adapter_config is not None:
+        a = dict(adapter_config)
+        if a.get("conv_in_channels"):
+            raise ValueError(f"{source}: a PIA adapter (conv_in_channels={a['conv_in_channels']}) is not supported")
+        n = len(cfg["block_out_channels"])
+        if len(a["block_out_channels"]) != n or not _same(a["block_out_channels"], cfg["block_out_channels"], n):
+            raise ValueError(f"{source}: block_out_channels {list(a['block_out_channels'])} != "
+                             f"{key}.block_out_channels {list(cfg['block_out_channels'])}")
+        for ours, theirs in ADAPTER_FIELDS.items():
+            if own[ours] is not None and not _same(own[ours], a[theirs], n):
+                raise ValueError(f"{key}.{ours}={own[ours]!r} but {source} has {theirs}={a[theirs]!r}; set "
+                                 f"{key}.{ours}={a[theirs]!r} (the adapter's config decides)")
+            own[ours] = a[theirs]
+        layers = dict(temporal_transformer_layers_per_block=a.get("motion_transformer_layers_per_block", 1),
+                      temporal_transformer_layers_per_mid_block=a.get("motion_transformer_layers_per_mid_block", 1))
+    else:
+        layers = dict(temporal_transformer_layers_per_block=1, temporal_transformer_layers_per_mid_block=1)
+    return dict(
+        motion_num_attention_heads=int(own["motion_heads"] if own["motion_heads"] is not None else cfg["heads"]),
+        motion_max_seq_length=int(32 if own["motion_max_seq_length"] is None else own["motion_max_seq_length"]),
+        use_motion_mid_block=bool(True if own["motion_mid_block"] is None else own["motion_mid_block"]),
+        **layers,
+    )
+
+
+def motion_config(cfg: dict, latent_channels: int, motion: dict[str, Any] | None = None) -> dict[str, Any]:
+    """diffusers ``UNetMotionModel`` kwargs for the same layout plus motion modules (``motion``: from
+    :func:`motion_settings`, by default the YAML's)."""
     c2 = unet2d_config(cfg, latent_channels)
     return dict(
         in_channels=c2["in_channels"], out_channels=c2["out_channels"],
@@ -78,8 +126,7 @@ def motion_config(cfg: dict, latent_channels: int) -> dict[str, Any]:
         up_block_types=tuple(t.replace("2D", "Motion") for t in c2["up_block_types"]),
         block_out_channels=c2["block_out_channels"], layers_per_block=c2["layers_per_block"],
         cross_attention_dim=c2["cross_attention_dim"], num_attention_heads=int(cfg["heads"]),
-        norm_num_groups=c2["norm_num_groups"], motion_num_attention_heads=int(cfg.get("motion_heads", cfg["heads"])),
-        motion_max_seq_length=int(cfg.get("motion_max_seq_length", 32)), use_motion_mid_block=True,
+        norm_num_groups=c2["norm_num_groups"], **(motion if motion is not None else motion_settings(cfg)),
     )
 
 
@@ -131,26 +178,74 @@ def motion_norm_mode(cfg: dict) -> str:
 
 def build_reference_unet(cfg: dict, latent_channels: int, key: str = "size.video.unet",
                          load_weights: bool = True) -> UNet2DConditionModel:
+    """The SD UNet folder ``pretrained`` loaded strictly (``variant``: its weight files' variant), else random init."""
     if cfg.get("pretrained") and load_weights:
-        path = require(cfg["pretrained"], f"{key}.pretrained", "unet", files=("config.json",))
-        return UNet2DConditionModel.from_pretrained(str(path), local_files_only=True)
+        return load_pretrained(UNet2DConditionModel, cfg["pretrained"], key=f"{key}.pretrained", what="unet",
+                               variant=cfg.get("variant"))
     return UNet2DConditionModel(**unet2d_config(cfg, latent_channels))
+
+
+def random_adapter(unet2d_cfg: Any, motion: dict[str, Any]) -> MotionAdapter:
+    """Random-init motion modules for a UNet of config ``unet2d_cfg`` (what an absent AnimateDiff adapter means)."""
+    return MotionAdapter(block_out_channels=tuple(unet2d_cfg["block_out_channels"]),
+                         motion_layers_per_block=unet2d_cfg["layers_per_block"],
+                         motion_transformer_layers_per_block=motion["temporal_transformer_layers_per_block"],
+                         motion_transformer_layers_per_mid_block=motion["temporal_transformer_layers_per_mid_block"],
+                         motion_num_attention_heads=motion["motion_num_attention_heads"],
+                         motion_norm_num_groups=unet2d_cfg["norm_num_groups"],
+                         motion_max_seq_length=motion["motion_max_seq_length"],
+                         use_motion_mid_block=motion["use_motion_mid_block"])
+
+
+def inflate(unet2d: UNet2DConditionModel, adapter: MotionAdapter, motion: dict[str, Any],
+            source: str = "the UNet and motion adapter") -> UNetMotionModel:
+    """``UNetMotionModel`` = the 2D UNet's tensors + the adapter's motion modules, without a copy: the motion UNet is
+    built on the meta device (accelerate, buffers real) with diffusers' 2D -> motion config mapping, then takes the
+    tensors themselves (``assign=True``); a strict load, so every tensor is accounted for. ``unet2d`` and
+    ``adapter`` share their storage with the result and must not be used afterwards."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights():
+        config = UNetMotionModel.from_unet2d(unet2d, None, load_weights=False).config
+        unet = UNetMotionModel.from_config(config, **motion)
+    state = {**unet2d.state_dict(), **adapter.state_dict()}
+    try:
+        unet.load_state_dict(state, strict=True, assign=True)
+    except RuntimeError as err:
+        raise IncompleteWeightsError(f"{source}: do not fill UNetMotionModel exactly: {err}") from err
+    check_complete(unet, {}, source)
+    return unet
+
+
+def load_motion_modules(unet: UNetMotionModel, adapter: MotionAdapter, source: str) -> None:
+    """Copy every motion module of ``adapter`` into ``unet``; any motion tensor on one side only is an error."""
+    own = {k for k in unet.state_dict() if ".motion_modules." in k}
+    state = adapter.state_dict()
+    check_complete(unet, dict(missing_keys=own - set(state), unexpected_keys=set(state) - own), source)
+    unet.load_state_dict(state, strict=False)
 
 
 def build_denoising_unet(cfg: dict, latent_channels: int, key: str = "size.video.unet",
                          load_weights: bool = True) -> UNetMotionModel:
+    """The motion UNet: the pretrained SD UNet inflated with the ``motion_adapter``'s modules (both strict, their
+    ``variant`` / ``motion_adapter_variant`` weight files), or built from the YAML; motion modules without an adapter
+    start as identities (``proj_out`` zeroed, as AnimateDiff)."""
     check_unet_config(cfg, key)
     adapter = None
     if cfg.get("motion_adapter") and load_weights:
-        path = require(cfg["motion_adapter"], f"{key}.motion_adapter", "motion_adapter", files=("config.json",))
-        adapter = MotionAdapter.from_pretrained(str(path), local_files_only=True)
+        adapter = load_pretrained(MotionAdapter, cfg["motion_adapter"], key=f"{key}.motion_adapter",
+                                  what="motion_adapter", variant=cfg.get("motion_adapter_variant"))
+    source = f"motion adapter folder {cfg.get('motion_adapter')} (config key `{key}.motion_adapter`)"
+    motion = motion_settings(cfg, adapter.config if adapter is not None else None, key, source)
     if cfg.get("pretrained") and load_weights:
         unet2d = build_reference_unet(cfg, latent_channels, key)
-        unet = UNetMotionModel.from_unet2d(unet2d, adapter)
+        motion_src = source if adapter is not None else "random-init motion modules"
+        unet = inflate(unet2d, adapter if adapter is not None else random_adapter(unet2d.config, motion), motion,
+                       f"UNet folder {cfg['pretrained']} (config key `{key}.pretrained`) + {motion_src}")
     else:
-        unet = UNetMotionModel(**motion_config(cfg, latent_channels))
+        unet = UNetMotionModel(**motion_config(cfg, latent_channels, motion))
         if adapter is not None:
-            unet.load_motion_modules(adapter)
+            load_motion_modules(unet, adapter, source)
     if adapter is None:
         zero_motion_outputs(unet)
     set_motion_norm(unet, motion_norm_mode(cfg))

@@ -1,4 +1,6 @@
-"""Local pretrained files: one clear error naming the file and the config key, never a download."""
+"""Local pretrained files: one clear error naming the file and the config key, never a download.
+
+The checks and the strict folder loader live in :mod:`mmgt.models.pretrained` (shared with the audio encoders)."""
 
 from __future__ import annotations
 
@@ -6,35 +8,19 @@ from pathlib import Path
 
 import torch
 
-# Where each pretrained part is published (shown in errors so users know what to fetch by hand).
-PUBLISHED = {
-    "vae": "stabilityai/sd-vae-ft-mse (diffusers folder: config.json + diffusion_pytorch_model.safetensors)",
-    "image_encoder": "lambdalabs/sd-image-variations-diffusers, subfolder image_encoder (CLIP vision + projection)",
-    "unet": "lambdalabs/sd-image-variations-diffusers, subfolder unet (or runwayml/stable-diffusion-v1-5/unet)",
-    "motion_adapter": "guoyww/animatediff-motion-adapter-v1-5-2 (diffusers MotionAdapter folder)",
-    "pose_guider": "lllyasviel/sd-controlnet-openpose (diffusion_pytorch_model.safetensors)",
-}
+from mmgt.models.pretrained import PUBLISHED, IncompleteWeightsError, MissingWeightsError, load_pretrained, require
 
-
-class MissingWeightsError(FileNotFoundError):
-    """A pretrained file named in the config is not on disk."""
-
-
-def require(path: str | Path | None, key: str, what: str, files: tuple[str, ...] = ()) -> Path:
-    """Return ``path`` as a Path if it (and the listed files inside it) exist; otherwise raise one clear error."""
-    if path in (None, ""):
-        raise MissingWeightsError(f"config key `{key}` is empty but {what} weights are required at this size; "
-                                  f"download {PUBLISHED.get(what, what)} and set `{key}=<local path>`")
-    p = Path(str(path)).expanduser()
-    missing = [p] if not p.exists() else [p / f for f in files if not (p / f).exists()]
-    if missing:
-        raise MissingWeightsError(f"{what} weights not found: {missing[0]} (config key `{key}`={path}). Nothing is "
-                                  f"downloaded at run time; fetch {PUBLISHED.get(what, what)} and point `{key}` at it")
-    return p
+__all__ = ["PUBLISHED", "IncompleteWeightsError", "MissingWeightsError", "load_pretrained", "load_state_dict_file",
+           "require"]
 
 
 def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
-    """A ``.safetensors`` or torch state-dict file through the one checkpoint reader (``weights_only=True``)."""
+    """A ``.safetensors`` or torch state-dict file through the one checkpoint reader (``weights_only=True``); an
+    unreadable (e.g. truncated) file is an :class:`IncompleteWeightsError` naming it."""
     from mmgt.checkpoints import state_dict_file
 
-    return state_dict_file(Path(path))
+    try:
+        return state_dict_file(Path(path))
+    except Exception as err:  # safetensors / torch raise their own types for truncated or corrupt files
+        raise IncompleteWeightsError(f"{path} ({Path(path).stat().st_size} B): cannot be read as a state dict: "
+                                     f"{type(err).__name__}: {err}. A truncated download?") from err
