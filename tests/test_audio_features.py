@@ -467,3 +467,51 @@ def test_wav2vec_features_of_separated_vocals(tmp_path: Path) -> None:
     _onnx_model(mute, "Mul", n_bins=129, gain=1.0)  # replaced in place: new size/mtime -> new cache key
     os.utime(mute, ns=(mute.stat().st_atime_ns, mute.stat().st_mtime_ns + 10**9))
     assert Wav2VecFeatures(seed=2, vocal_separator=str(mute), separator_options=options).signature != sep.signature
+
+
+def test_ctc_checkpoint_loads_strictly_and_missing_tensors_stop(tmp_path: Path) -> None:
+    """wav2vec2-base-960h is a CTC checkpoint: its unused ``lm_head`` (and a dropped SpecAugment vector) are known
+    differences; any other missing tensor stops the run naming the config key, the folder and the tensor."""
+    from safetensors.torch import load_file, save_file
+    from transformers import Wav2Vec2ForCTC
+
+    from mmgt.models.pretrained import IncompleteWeightsError
+
+    tiny = Wav2VecFeatures(seed=7)
+    ctc = Wav2Vec2ForCTC(tiny.encoder.model.config)
+    ctc.wav2vec2.load_state_dict(tiny.encoder.model.state_dict())
+    ctc.save_pretrained(tmp_path / "ctc")
+    f = tmp_path / "ctc" / "model.safetensors"
+    sd = load_file(str(f))
+    assert "lm_head.weight" in sd
+    sd.pop("wav2vec2.masked_spec_embed", None)
+    save_file(sd, str(f), metadata={"format": "pt"})
+    x = np.random.default_rng(1).standard_normal(HOP * 6).astype(np.float32)
+    assert torch.equal(Wav2VecFeatures(pretrained_path=str(tmp_path / "ctc"))(x, 6), tiny(x, 6))
+    del sd["wav2vec2.encoder.layers.1.attention.q_proj.weight"]
+    save_file(sd, str(f), metadata={"format": "pt"})
+    with pytest.raises(IncompleteWeightsError) as err:
+        Wav2VecFeatures(pretrained_path=str(tmp_path / "ctc"))
+    msg = str(err.value)
+    assert "data.stage2_features.pretrained_path" in msg and str(tmp_path / "ctc") in msg
+    assert "encoder.layers.1.attention.q_proj.weight" in msg
+
+
+def test_fp16_speech_encoder_runs_in_float32_and_variant(tmp_path: Path) -> None:
+    """An fp16 file (plain or as the ``fp16`` variant) is built in float32 and meets float32 waveforms; the dtype
+    and variant are part of the cache signature only when they leave the defaults."""
+    x = np.random.default_rng(2).standard_normal(HOP * 6).astype(np.float32)
+    tiny = Wav2VecFeatures(seed=7)
+    expected = tiny(x, 6)
+    tiny.encoder.model.half().save_pretrained(tmp_path / "w16")
+    tiny.encoder.model.save_pretrained(tmp_path / "var", variant="fp16")
+    assert not (tmp_path / "var" / "model.safetensors").exists()
+    loaded = Wav2VecFeatures(pretrained_path=str(tmp_path / "w16"))
+    assert loaded.encoder.model.dtype == torch.float32
+    out = loaded(x, 6)  # "expected scalar type Float but found Half" when built as fp16
+    assert out.dtype == torch.float32 and torch.allclose(out, expected, atol=5e-2)  # fp16-rounded weights
+    half = Wav2VecFeatures(pretrained_path=str(tmp_path / "w16"), dtype="float16")
+    assert half.encoder.model.dtype == torch.float16 and half.signature != loaded.signature
+    var = Wav2VecFeatures(pretrained_path=str(tmp_path / "var"), variant="fp16")
+    assert var.encoder.model.dtype == torch.float32 and "variant" in var.encoder.settings
+    assert torch.equal(var(x, 6), out)

@@ -33,6 +33,7 @@ import torch.nn.functional as F
 from mmgt.data.edge_features import EDGE_COLUMNS, EDGE_DIM, edge35_features, edge_settings
 from mmgt.data.video_io import HOP, SAMPLE_RATE, atomic_path
 from mmgt.data.vocal_separation import MDXVocalSeparator, file_identity
+from mmgt.models.pretrained import PUBLISHED, MissingWeightsError, as_dtype, load_pretrained
 
 if TYPE_CHECKING:
     from mmgt.data.corpus import ClipRecord, Corpus
@@ -154,11 +155,13 @@ class _SpeechEncoder:
     resamples its outputs to the video frame centres; ``"before"`` (the old default, and the original's stage-2
     wav2vec trick from Hallo) brings the CNN features to 25 fps and runs the transformer on video frames;
     ``"official"`` is the original stage-1 WavLM recipe: :func:`layer_norm_waveform`, 50 Hz, :func:`official_25fps`.
+    A local folder is loaded strictly (:func:`~mmgt.models.pretrained.load_pretrained`) from its ``variant`` weight
+    files and built in ``dtype`` (null: float32, whatever the file's dtype).
     """
 
     def __init__(self, kind: str, *, pretrained_path: str | None, config_key: str, seed: int, hidden_size: int,
                  num_layers: int, layers: str, legacy_align_corners: bool, device: str | torch.device,
-                 resample: str = "after") -> None:
+                 resample: str = "after", variant: str | None = None, dtype: str | None = None) -> None:
         from transformers import Wav2Vec2Model, WavLMModel
 
         if resample not in _RESAMPLE_MODES:
@@ -173,15 +176,16 @@ class _SpeechEncoder:
         if pretrained_path is not None:
             path = Path(pretrained_path).expanduser()
             if not path.exists():
-                hub = "microsoft/wavlm-large" if kind == "wavlm" else "facebook/wav2vec2-base-960h"
-                raise FileNotFoundError(
-                    f"{kind} weights not found at {path} (config key {config_key}). Download the Hugging Face model "
-                    f"'{hub}' into that folder, or set {config_key}=null for a random-init tiny encoder.")
-            self.model = cls.from_pretrained(str(path), local_files_only=True)
+                raise MissingWeightsError(
+                    f"{kind} weights not found at {path} (config key {config_key}). Download {PUBLISHED[kind]} into "
+                    f"that folder, or set {config_key}=null for a random-init tiny encoder.")
+            # strict (a missing tensor is an error; the CTC head of wav2vec2-base-960h is a known extra) and built in
+            # `dtype` whatever the file's (an fp16 file no longer meets float32 waveforms)
+            self.model = load_pretrained(cls, path, key=config_key, what=kind, variant=variant, dtype=dtype)
         else:
             with torch.random.fork_rng(devices=[]):
                 torch.manual_seed(seed)
-                self.model = cls(_tiny_config(kind, hidden_size, num_layers))
+                self.model = cls(_tiny_config(kind, hidden_size, num_layers)).to(as_dtype(dtype, f"{config_key} dtype"))
         self.model.eval().requires_grad_(False).to(device)
         self.device = torch.device(device)
         self.layers = layers
@@ -196,6 +200,8 @@ class _SpeechEncoder:
         self.settings = dict(kind=kind, layers=layers, legacy_align_corners=legacy_align_corners, **model_id)
         if resample != "after":  # "after" caches keep the key they had before the modes existed
             self.settings["resample"] = resample
+        if variant is not None or self.model.dtype != torch.float32:  # likewise for the float32 default files
+            self.settings.update(variant=variant, dtype=str(self.model.dtype).removeprefix("torch."))
 
     def _states(self, out: Any) -> tuple[torch.Tensor, ...]:
         # The last layer is the model's output, ``last_hidden_state``: for pre-norm ("stable layer norm") models such
@@ -208,7 +214,7 @@ class _SpeechEncoder:
     def native_states(self, x: np.ndarray) -> torch.Tensor:
         """(n_layers, T50, hidden_size) float32: the transformer's outputs at 50 Hz for an already normalised
         waveform (at least one 400-sample receptive field)."""
-        wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device)
+        wav = torch.from_numpy(np.ascontiguousarray(x, dtype=np.float32))[None].to(self.device, self.model.dtype)
         out = self.model(wav, output_hidden_states=True)
         return torch.stack(self._states(out), dim=1)[0].float().cpu()
 
@@ -230,7 +236,7 @@ class _SpeechEncoder:
         if self.resample == "before":
             # As the original stage 2 (Hallo's trick): the CNN features (1, C, T50) are brought to 25 fps, then the
             # transformer runs on video frames. A forward hook swaps the CNN output; the model's forward does the rest.
-            wav = torch.from_numpy(x)[None].to(self.device)
+            wav = torch.from_numpy(x)[None].to(self.device, self.model.dtype)
             def to_video_rate(_mod: Any, _inp: Any, feats: torch.Tensor) -> torch.Tensor:
                 return resample_frames(feats.float(), n_frames, CNN_HOP, CNN_OFFSET, HOP,
                                        self.legacy_align_corners).to(feats.dtype)
@@ -284,7 +290,8 @@ class Stage1Features:
     original's 35-d ``feature_type="baseline"``.
     ``backend="wavlm"|"wav2vec2"`` prepends a speech encoder's last hidden layer at 25 fps (tiny seeded random-init
     unless ``pretrained_path`` names a local Hugging Face folder); its context is the whole clip. ``backend_resample``:
-    see :class:`_SpeechEncoder` (``"before"`` = the old default, transformer on 25-fps CNN features).
+    see :class:`_SpeechEncoder` (``"before"`` = the old default, transformer on 25-fps CNN features);
+    ``backend_variant`` / ``backend_dtype``: the folder's weight-file variant and the dtype the encoder runs in.
     """
 
     name = "stage1"
@@ -292,7 +299,8 @@ class Stage1Features:
     def __init__(self, backend: str | None = None, pretrained_path: str | None = None, n_mels: int = 64,
                  fmin: float = 0.0, fmax: float | None = None, log_floor: float = 1e-10, seed: int = 0,
                  backend_hidden_size: int = 32, backend_layers: int = 2, legacy_align_corners: bool = False,
-                 device: str | torch.device = "cpu", kind: str = "mmgt", backend_resample: str | None = None) -> None:
+                 device: str | torch.device = "cpu", kind: str = "mmgt", backend_resample: str | None = None,
+                 backend_variant: str | None = None, backend_dtype: str | None = None) -> None:
         if kind not in _KINDS:
             raise ValueError(f"stage-1 feature kind must be one of {_KINDS}, got {kind!r}")
         self.kind = kind
@@ -306,7 +314,7 @@ class Stage1Features:
                                           config_key="data.stage1_features.pretrained_path", seed=seed,
                                           hidden_size=backend_hidden_size, num_layers=backend_layers, layers="last",
                                           legacy_align_corners=legacy_align_corners, device=device,
-                                          resample=resample)
+                                          resample=resample, variant=backend_variant, dtype=backend_dtype)
         elif pretrained_path is not None:
             raise ValueError("pretrained_path needs a backend ('wavlm' or 'wav2vec2')")
         blocks = ([("logmel", n_mels), ("rms", 1), ("onset", 1)] if kind == "mmgt"
@@ -359,7 +367,8 @@ class Wav2VecFeatures:
     default) brings the CNN features to 25 fps (``legacy_align_corners=True``: the original's align-corners stretch)
     and runs the transformer on video frames. ``vocal_separator`` names a local MDX-Net ONNX file (Kim_Vocal_2 in the
     original) whose vocals replace the mix before wav2vec; ``separator_options`` are
-    :class:`~mmgt.data.vocal_separation.MDXVocalSeparator` settings.
+    :class:`~mmgt.data.vocal_separation.MDXVocalSeparator` settings. ``variant`` / ``dtype``: the folder's weight-file
+    variant and the dtype wav2vec runs in (null: float32).
     """
 
     name = "wav2vec"
@@ -367,11 +376,13 @@ class Wav2VecFeatures:
     def __init__(self, seed: int = 0, layers: str = "all", pretrained_path: str | None = None, hidden_size: int = 32,
                  num_layers: int = 2, legacy_align_corners: bool = False,
                  device: str | torch.device = "cpu", resample: str = "after", vocal_separator: str | None = None,
-                 separator_options: dict[str, Any] | None = None) -> None:
+                 separator_options: dict[str, Any] | None = None, variant: str | None = None,
+                 dtype: str | None = None) -> None:
         self.encoder = _SpeechEncoder("wav2vec2", pretrained_path=pretrained_path,
                                       config_key="data.stage2_features.pretrained_path", seed=seed,
                                       hidden_size=hidden_size, num_layers=num_layers, layers=layers,
-                                      legacy_align_corners=legacy_align_corners, device=device, resample=resample)
+                                      legacy_align_corners=legacy_align_corners, device=device, resample=resample,
+                                      variant=variant, dtype=dtype)
         self.separator: MDXVocalSeparator | None = None
         if vocal_separator is not None:
             self.separator = MDXVocalSeparator(vocal_separator, config_key="data.stage2_features.vocal_separator",
