@@ -8,15 +8,14 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from mmgt.utils.paths import CONF_DIR
+from mmgt.utils.cli import app
 
 SOURCES = ("official",)
 
 
-@hydra.main(config_path=CONF_DIR, config_name="convert", version_base="1.3")
+@app("convert")
 def main(cfg: DictConfig) -> None:
     from mmgt.errors import CheckpointError
     from mmgt.official import ConversionError

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
 from mmgt.evaluation import (
@@ -23,13 +22,16 @@ from mmgt.evaluation import (
     write_per_video,
     write_reports,
 )
-from mmgt.utils.paths import CONF_DIR
+from mmgt.utils.cli import app
 
 
-@hydra.main(config_path=CONF_DIR, config_name="evaluate", version_base="1.3")
+@app("evaluate")
 def main(cfg: DictConfig) -> None:
     from mmgt.evaluation.task import run
+    from mmgt.utils.cli import single_log_lines
 
+    if cfg.get("ckpt_path"):
+        single_log_lines()  # mode (b) runs a Lightning Trainer: its lines once, also in the run's log file
     code = run(cfg)
     if code:
         sys.exit(code)

@@ -7,13 +7,12 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from mmgt.utils.paths import CONF_DIR
+from mmgt.utils.cli import app
 
 
-@hydra.main(config_path=CONF_DIR, config_name="generate", version_base="1.3")
+@app("generate")
 def main(cfg: DictConfig) -> None:
     import torch
 

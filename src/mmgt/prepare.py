@@ -5,13 +5,12 @@ from __future__ import annotations
 
 import sys
 
-import hydra
 from omegaconf import DictConfig
 
-from mmgt.utils.paths import CONF_DIR
+from mmgt.utils.cli import app
 
 
-@hydra.main(config_path=CONF_DIR, config_name="prepare", version_base="1.3")
+@app("prepare")
 def main(cfg: DictConfig) -> None:
     from mmgt.data.prepare import run
 

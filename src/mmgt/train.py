@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import hydra
 from omegaconf import DictConfig
 
-from mmgt.utils.paths import CONF_DIR
+from mmgt.utils.cli import app
 
 
-@hydra.main(config_path=CONF_DIR, config_name="train", version_base="1.3")
+@app("train", lightning_logs=True)
 def main(cfg: DictConfig) -> float | None:
     from mmgt.runner import train
 

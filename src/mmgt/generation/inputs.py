@@ -1,14 +1,19 @@
 """Generation inputs: read and check the still image, the speech, the initial pose and corpus clips.
 
-Every check runs before any network is called, and a bad input is a :class:`~mmgt.errors.GenerationError` naming
-the file and the config key: empty or silent audio (the audio-driven models have nothing to follow), an image or
-keypoints file that does not decode, an initial pose with no visible person. The image is fitted to the video
-model's frame by :class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio,
-antialiased bilinear resize, as the training frames are resized); the initial pose goes through the same map.
+Every check runs before any network is called (``python -m mmgt.generate`` runs them before it loads the networks),
+and a bad input is a :class:`~mmgt.errors.GenerationError` naming the file and the config key: empty or silent audio
+(the audio-driven models have nothing to follow), an image or keypoints file that does not decode, an initial pose
+with no visible person or with coordinates normalised to [0, 1] instead of pixels. Keypoints come in the mmgt
+134-point layout or as COCO-WholeBody (133, 3) arrays (converted: the neck is inserted). The image is fitted to the
+video model's frame by :class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio,
+antialiased bilinear resize, as the training frames are resized), each crop or upscale logged in one line; the
+initial pose goes through the same map.
 """
 
 from __future__ import annotations
 
+import hashlib
+import logging
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -27,6 +32,9 @@ VIDEO_SUFFIXES = (".mp4", ".mov", ".mkv", ".avi", ".webm")
 Image = str | Path | np.ndarray
 Speech = str | Path | np.ndarray
 Keypoints = str | Path | np.ndarray
+
+log = logging.getLogger(__name__)
+_WARNED: set[str] = set()  # keypoint warnings already given (the same pose is checked by the task and the pipeline)
 
 
 def n_frames_for(n_samples: int, hop: int = HOP) -> int:
@@ -92,14 +100,28 @@ def read_image(image: Image) -> np.ndarray:
         raise GenerationError(f"{path}: cannot read the image ({err})") from err
 
 
-def fit_image(image: np.ndarray, size: tuple[int, int]) -> tuple[np.ndarray, CropResize]:
-    """Centre-crop + antialiased bilinear resize to ``size``; returns the frame and the transform (for keypoints)."""
-    tf = CropResize.centre(image.shape[:2], size)
+def fit_image(image: np.ndarray, size: tuple[int, int], what: str = "the image") -> tuple[np.ndarray, CropResize]:
+    """Centre-crop + antialiased bilinear resize to ``size``; returns the frame and the transform (for keypoints).
+    A crop (the image's aspect ratio is not the model's) and an upscale are each logged in one line."""
+    h0, w0 = image.shape[:2]
+    tf = CropResize.centre((h0, w0), size)
+    h, w = int(size[0]), int(size[1])
+    if (tf.width, tf.height) != (w0, h0):
+        side, kept, total = ("width", tf.width, w0) if tf.width < w0 else ("height", tf.height, h0)
+        log.info("%s is %dx%d (WxH), the model's frame %dx%d: centre crop to %dx%d at x=%d, y=%d (%.0f%% of the %s "
+                 "kept)", what, w0, h0, w, h, tf.width, tf.height, tf.x0, tf.y0, 100.0 * kept / total, side)
+    factor = w / tf.width
+    if factor > 1.0 + 1e-6:
+        (log.warning if factor > 2.0 else log.info)(
+            "%s: the %dx%d crop is upscaled x%.2f to the model's %dx%d frame%s", what, tf.width, tf.height, factor,
+            w, h, " (a small image: expect a blurry video; give a larger one)" if factor > 2.0 else "")
     return tf.image(image), tf
 
 
 def load_keypoints(keypoints: Keypoints) -> np.ndarray:
-    """(134, 3) pixel keypoints from a ``.npy`` file or array of shape (134, 3) or (T, 134, 3) (frame 0 is used)."""
+    """(134, 3) pixel keypoints from a ``.npy`` file or array of shape (134, 3) or (T, 134, 3) (frame 0 is used), or
+    COCO-WholeBody (133, 3) / (T, 133, 3) as DWPose/MMPose write them (converted: neck inserted, OpenPose body
+    order)."""
     if isinstance(keypoints, np.ndarray):
         kp, name = keypoints, "keypoints array"
     else:
@@ -113,10 +135,40 @@ def load_keypoints(keypoints: Keypoints) -> np.ndarray:
             raise GenerationError(f"{path}: cannot load keypoints ({err})") from err
     kp = np.asarray(kp, dtype=np.float32)
     if kp.ndim == 3:
-        kp = kp[0] if len(kp) else kp.reshape(0, 134, 3)
+        kp = kp[0] if len(kp) else kp.reshape(0, kp.shape[1], kp.shape[2])
+    if kp.shape == (133, 3):
+        from mmgt.pose.estimators import coco_wholebody_to_134
+
+        kp = coco_wholebody_to_134(kp)
     if kp.shape != (134, 3):
-        raise GenerationError(f"{name}: keypoints must be (134, 3) or (T, 134, 3) pixel x, y, score; got {kp.shape}")
+        raise GenerationError(f"{name}: keypoints must be (134, 3) or (T, 134, 3) pixel x, y, score (or COCO-WholeBody "
+                              f"(133, 3) / (T, 133, 3)); got {kp.shape}")
     return kp
+
+
+def check_keypoint_range(kp: np.ndarray, image_hw: tuple[int, int], what: str, threshold: float = 0.3,
+                         margin: float = 0.1) -> None:
+    """Keypoints must be pixels of the image: visible ones all within [0, 1] are refused as normalised (the pose would
+    collapse into the top-left corner); visible ones beyond ``margin`` x the image size outside it are warned about."""
+    h, w = int(image_hw[0]), int(image_hw[1])
+    ok = np.isfinite(kp[:, :2]).all(-1) & (kp[:, 2] >= threshold)
+    if not ok.any():
+        return
+    xy = kp[ok, :2]
+    if max(h, w) > 4 and xy.min() >= 0.0 and xy.max() <= 1.0:
+        raise GenerationError(
+            f"{what}: the visible keypoints all lie in [0, 1] (x <= {xy[:, 0].max():.2f}, y <= {xy[:, 1].max():.2f}): "
+            f"they look normalised, but must be pixel x, y of the {w}x{h} image; multiply x by {w} and y by {h} "
+            f"(e.g. kp[..., 0] *= {w}; kp[..., 1] *= {h})")
+    out = (xy[:, 0] < -margin * w) | (xy[:, 0] > (1 + margin) * w) | (xy[:, 1] < -margin * h) | \
+        (xy[:, 1] > (1 + margin) * h)
+    if out.any():
+        key = hashlib.sha1(kp.tobytes() + repr((h, w)).encode()).hexdigest()
+        if key not in _WARNED:
+            _WARNED.add(key)
+            log.warning("%s: %d of %d visible keypoints lie outside the %dx%d image (x %.0f..%.0f, y %.0f..%.0f): are "
+                        "they pixels of this image (the same crop and size)?", what, int(out.sum()), len(xy), w, h,
+                        xy[:, 0].min(), xy[:, 0].max(), xy[:, 1].min(), xy[:, 1].max())
 
 
 def check_person(kp: np.ndarray, what: str, threshold: float = 0.3, min_points: int = 3) -> None:
@@ -127,13 +179,17 @@ def check_person(kp: np.ndarray, what: str, threshold: float = 0.3, min_points: 
                               "(need a visible upper body)")
 
 
+NO_POSE = ("no initial pose: give `keypoints=<file.npy>` (pixel keypoints of the image), `clip_id=<id>` with "
+           "`data.root=<corpus>`, or an `estimator` config")
+
+
 def initial_pose(image: np.ndarray, keypoints: Keypoints | None, estimator: Any = None,
                  what: str = "image") -> np.ndarray:
     """Pixel keypoints (134, 3) of the source ``image``: from ``keypoints`` or by running ``estimator`` (a
     :class:`~mmgt.pose.estimators.PoseEstimator` or its config) on it; a pose with no visible person is refused."""
     if keypoints is not None:
         kp = load_keypoints(keypoints)
-        src = "keypoints file" if not isinstance(keypoints, np.ndarray) else "given keypoints"
+        src = f"keypoints file {keypoints}" if not isinstance(keypoints, np.ndarray) else "given keypoints"
     elif estimator is not None:
         from mmgt.pose.estimators import build_estimator
 
@@ -145,9 +201,9 @@ def initial_pose(image: np.ndarray, keypoints: Keypoints | None, estimator: Any 
             raise GenerationError(f"pose estimator {name} failed on {what}: {err}") from err
         src = f"{name} on {what}"
     else:
-        raise GenerationError("no initial pose: give `keypoints=<file.npy>` (pixel keypoints of the image), "
-                              "`clip_id=<id>` with `data.root=<corpus>`, or an `estimator` config")
+        raise GenerationError(NO_POSE)
     check_person(kp, src)
+    check_keypoint_range(kp, image.shape[:2], src)
     return kp
 
 
@@ -194,5 +250,6 @@ def clip_inputs(root: str | Path, clip_id: str, frame0: bool = True) -> ClipInpu
     return ClipInputs(image, kp, corpus.path(rec, "audio"), corpus.path(rec, "video"))
 
 
-__all__ = ["IMAGE_SUFFIXES", "VIDEO_SUFFIXES", "ClipInputs", "Inputs", "check_person", "clip_inputs", "fit_image",
+__all__ = ["IMAGE_SUFFIXES", "NO_POSE", "VIDEO_SUFFIXES", "ClipInputs", "Inputs", "check_keypoint_range",
+           "check_person", "clip_inputs", "fit_image",
            "initial_pose", "load_keypoints", "load_speech", "n_frames_for", "read_image", "read_inputs"]

@@ -8,7 +8,10 @@ clips can also place their ground truth beside, in the layout ``python -m mmgt.e
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 import shutil
+import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,6 +21,9 @@ import torch
 
 from mmgt.data.corpus import FPS, SAMPLE_RATE
 from mmgt.errors import GenerationError
+
+log = logging.getLogger(__name__)
+LOW_SPACE_MB = 100  # warn below this much free space on an output folder's disk
 
 
 @dataclass(frozen=True)
@@ -68,6 +74,23 @@ class GenerationResult:
         return self.n_frames / busy if busy > 0 else float("nan")
 
 
+def check_writable(folder: str | Path, key: str) -> None:
+    """Create ``folder`` if needed and write (then remove) a probe file in it, so that an output folder that cannot be
+    written (permission denied, read-only disk, a file in the way) is one line naming it before any generation;
+    little free space is warned about (a full disk later still leaves no partial file: atomic writes)."""
+    folder = Path(folder).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(prefix=".mmgt-write-test-", dir=folder)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as err:
+        raise GenerationError(f"cannot write to {folder} (config key `{key}`): {err.strerror or err}") from err
+    free_mb = shutil.disk_usage(folder).free / 2**20
+    if free_mb < LOW_SPACE_MB:
+        log.warning("only %.0f MB free on the disk of %s (config key `%s`)", free_mb, folder, key)
+
+
 def mask_panel(masks: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(K, T, h, w) masks -> (T, H, W, 3) uint8 for the side-by-side video (as the training logs show them)."""
     from mmgt.lit.video import mask_video
@@ -104,4 +127,5 @@ def place_reference(reference_dir: str | Path, clip_id: str, video: Path, audio:
         np.save(fh, keypoints)
 
 
-__all__ = ["GenerationResult", "OutputPaths", "mask_panel", "place_reference", "write_outputs"]
+__all__ = ["LOW_SPACE_MB", "GenerationResult", "OutputPaths", "check_writable", "mask_panel", "place_reference",
+           "write_outputs"]

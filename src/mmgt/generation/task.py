@@ -3,8 +3,10 @@
 Three modes: one video from ``image`` + ``audio`` (+ ``keypoints`` or an ``estimator``), one corpus clip
 (``clip_id``), or every clip of a ``split`` (videos at the top of ``out``, pose/panel videos in subfolders, so
 ``python -m mmgt.evaluate`` pairs only the videos by name). The sampling options are built once from the ``smga`` /
-``video`` blocks (:meth:`~mmgt.generation.options.Sampling.from_config`); cheap input checks run before any network
-is loaded, and every generated video is appended to ``generation.json`` in the run folder.
+``video`` blocks (:meth:`~mmgt.generation.options.Sampling.from_config`). Every input is decoded and checked before
+any network is loaded (:func:`check_inputs`: the image, the speech, the initial pose; output folders written to
+once), so a bad file is one line within seconds; every generated video is appended to ``generation.json`` in the run
+folder.
 """
 
 from __future__ import annotations
@@ -15,12 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 
+import mmgt.generation.inputs as io
 from mmgt.errors import GenerationError
 from mmgt.generation.options import Sampling
-from mmgt.generation.outputs import GenerationResult
+from mmgt.generation.outputs import GenerationResult, check_writable
 from mmgt.generation.pipeline import GesturePipeline
+
+FLAGS = ("pose_video", "side_by_side", "save_keypoints", "progress")  # boolean keys of conf/generate.yaml
 
 
 def resolve_device(name: str | None) -> torch.device:
@@ -49,6 +55,41 @@ class Plan:
     sampling: Sampling
     out_dir: Path
     options: dict[str, Any] = field(default_factory=dict)  # other generate() keywords common to every job
+    image: np.ndarray | None = None  # decoded by check_inputs (None: the clip's frame 0)
+    audio: np.ndarray | None = None  # decoded by check_inputs (None: the clip's audio)
+
+
+def flags(c: Mapping[str, Any]) -> dict[str, bool]:
+    """The boolean keys, strictly: ``side_by_side=ture`` is refused naming the key, not read as true."""
+    from mmgt.utils.cli import strict_bool
+
+    try:
+        return {k: strict_bool(c.get(k), k) for k in FLAGS}
+    except ValueError as err:
+        raise GenerationError(str(err)) from None
+
+
+def check_inputs(c: Mapping[str, Any], root: str | None) -> dict[str, Any]:
+    """Decode and check the inputs of an image/audio or clip run before any network loads; returns them decoded
+    (``image``, ``audio``, ``keypoints``: the initial pose, ``estimator``: None once it has run) for the pipeline.
+    Split runs read each clip when it comes (the corpus is checked by ``mmgt.prepare task=validate``)."""
+    min_peak = float(c.get("min_peak", 1e-4))
+    if c.get("split"):
+        return {}
+    if not c.get("clip_id"):
+        src = io.read_inputs(c["image"], c["audio"], c.get("keypoints"), c.get("estimator"), min_peak)
+        return {"image": src.image, "audio": src.speech, "keypoints": src.pose, "estimator": None}
+    clip = io.clip_inputs(root, c["clip_id"], frame0=not c.get("image"))
+    audio = io.load_speech(c.get("audio") or clip.audio, min_peak)
+    out: dict[str, Any] = {"audio": audio if c.get("audio") else None}
+    if c.get("image"):
+        if c.get("keypoints") is None and c.get("estimator") is None:
+            raise GenerationError(f"{io.NO_POSE} (image= replaces the frame of clip_id={c['clip_id']}, so its pose "
+                                  "must be given too)")
+        image = io.read_image(c["image"])
+        pose = io.initial_pose(image, c.get("keypoints"), c.get("estimator"), str(c["image"]))
+        out.update(image=image, keypoints=pose, estimator=None)
+    return out
 
 
 def plan(c: Mapping[str, Any]) -> Plan:
@@ -83,10 +124,21 @@ def plan(c: Mapping[str, Any]) -> Plan:
     for path_key in ("image", "audio", "keypoints"):
         if c.get(path_key) and not Path(c[path_key]).expanduser().is_file():
             raise GenerationError(f"{path_key} file not found: {c[path_key]} (config key `{path_key}`)")
-    options = dict(save_keypoints=bool(c.get("save_keypoints")), seed=int(c.get("seed") or 0),
-                   min_peak=float(c.get("min_peak", 1e-4)), keypoints=c.get("keypoints"),
-                   estimator=c.get("estimator"))
-    return Plan(jobs, root, sampling, out_dir, options)
+    f = flags(c)
+    decoded = check_inputs(c, root)
+    folders = {out_dir: "hydra.run.dir", **{j.out.parent: "out" for j in jobs}}
+    for job in jobs:
+        for key in ("pose_video", "side_by_side"):
+            if f[key] and isinstance(getattr(job, key), Path):
+                folders.setdefault(getattr(job, key).parent, "out")
+    if c.get("reference_dir"):
+        folders[Path(c["reference_dir"])] = "reference_dir"
+    for folder, key in folders.items():
+        check_writable(folder, key)
+    options = dict(save_keypoints=f["save_keypoints"], seed=int(c.get("seed") or 0),
+                   min_peak=float(c.get("min_peak", 1e-4)), keypoints=decoded.get("keypoints", c.get("keypoints")),
+                   estimator=decoded.get("estimator", c.get("estimator")))
+    return Plan(jobs, root, sampling, out_dir, options, decoded.get("image"), decoded.get("audio"))
 
 
 def append_report(path: Path, res: GenerationResult) -> None:
@@ -109,18 +161,21 @@ def run(cfg: Any, echo: Callable[[str], None] = print) -> list[GenerationResult]
     c = to_plain(cfg)
     p = plan(c)
     s, v = c["smga"], c["video"]
+    f = flags(c)
     pipe = GesturePipeline.from_checkpoints(
         s["ckpt"], v["ckpt"], smga_net=s.get("net"), video_net=v.get("net"), stage1_features=s.get("features"),
-        stage2_features=v.get("features"), device=resolve_device(c.get("device")), progress=bool(c.get("progress")))
+        stage2_features=v.get("features"), device=resolve_device(c.get("device")), progress=f["progress"])
+    image = p.image if p.image is not None else c.get("image")
+    audio = p.audio if p.audio is not None else c.get("audio")
     results = []
     for job in p.jobs:
-        extras = {k: getattr(job, k) if c.get(k) else False for k in ("pose_video", "side_by_side")}
+        extras = {k: getattr(job, k) if f[k] else False for k in ("pose_video", "side_by_side")}
         if job.clip_id:
-            res = pipe.generate_clip(p.root, job.clip_id, job.out, image=c.get("image"), audio=c.get("audio"),
+            res = pipe.generate_clip(p.root, job.clip_id, job.out, image=image, audio=audio,
                                      reference_dir=c.get("reference_dir"), sampling=p.sampling, **p.options,
                                      **extras)
         else:
-            res = pipe.generate(c["image"], c["audio"], job.out, sampling=p.sampling, **p.options, **extras)
+            res = pipe.generate(image, audio, job.out, sampling=p.sampling, **p.options, **extras)
         results.append(res)
         append_report(p.out_dir / "generation.json", res)
         echo(f"{res.video}: {res.n_frames} frames ({res.audio_seconds:.2f} s of audio), "
@@ -129,4 +184,4 @@ def run(cfg: Any, echo: Callable[[str], None] = print) -> list[GenerationResult]
     return results
 
 
-__all__ = ["Job", "Plan", "append_report", "plan", "resolve_device", "run"]
+__all__ = ["FLAGS", "Job", "Plan", "append_report", "check_inputs", "flags", "plan", "resolve_device", "run"]

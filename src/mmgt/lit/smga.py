@@ -213,7 +213,8 @@ class SMGAModule(ResumableTraining, L.LightningModule):
     # ------------------------------------------------------------------------------------------- media
 
     def render_panel(self, gt: torch.Tensor, gen: torch.Tensor) -> np.ndarray:
-        """(N, 134, 3) normalised GT and generated poses -> (N, S, 3S+4, 3) uint8: GT | generated | masks."""
+        """(N, 134, 3) normalised GT and generated poses -> (N, s + S, 3S+4, 3) uint8: GT | generated | masks, each
+        labelled in an s-pixel strip above it."""
         from mmgt.callbacks.media import side_by_side
         from mmgt.pose.masks import RegionMaskBuilder
         from mmgt.pose.render import render_pose
@@ -231,11 +232,15 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         overlay = gen_img.astype(np.float32) * 0.5
         for i in range(min(3, masks.shape[0])):
             overlay[..., i] = np.maximum(overlay[..., i], masks[i] * 255.0)
-        return side_by_side(gt_img, gen_img, overlay.clip(0, 255).astype(np.uint8))
+        return side_by_side(gt_img, gen_img, overlay.clip(0, 255).astype(np.uint8),
+                            labels=("ground truth", "generated", "masks"))
 
     def _log_video(self, tag: str, batch: Mapping[str, Any], poses: torch.Tensor) -> None:
         from mmgt.callbacks.media import log_video
 
         n = int(self.hparams.video["max_frames"])
         panel = self.render_panel(batch["poses"][0, :n], poses[0, :n])
-        log_video(self.loggers, tag, panel, step=self.global_step, fps=self.fps)
+        audio = batch.get("audio")  # the window's speech, cut to the panel's frames
+        log_video(self.loggers, tag, panel, step=self.global_step, fps=self.fps,
+                  caption=f"ground truth | generated | region masks of the generated pose (clip {batch['clip_id'][0]})",
+                  audio=None if audio is None else audio[0, : int(round(len(panel) / self.fps * 16000))])

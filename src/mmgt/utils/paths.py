@@ -15,13 +15,22 @@ def conf_dir() -> str:
     return str(path)
 
 
+def _help(config_name: str) -> str:
+    from mmgt.utils.cli import help_template
+
+    return help_template(config_name)
+
+
 def register_resolvers() -> None:
     """``${mmgt.cwd:}``: the launch directory. Used instead of ``${hydra:runtime.cwd}``, which cannot be resolved
-    where Hydra computes ``hydra.sweep.dir`` for ``-m`` runs (no HydraConfig yet) nor in ``compose()``."""
+    where Hydra computes ``hydra.sweep.dir`` for ``-m`` runs (no HydraConfig yet) nor in ``compose()``.
+    ``${mmgt.help:<app>}``: the ``--help`` text of ``python -m mmgt.<app>`` (``hydra.help.template``)."""
     from omegaconf import OmegaConf
 
     if not OmegaConf.has_resolver("mmgt.cwd"):
         OmegaConf.register_new_resolver("mmgt.cwd", os.getcwd)
+    if not OmegaConf.has_resolver("mmgt.help"):
+        OmegaConf.register_new_resolver("mmgt.help", _help)
 
 
 CONF_DIR = conf_dir()
