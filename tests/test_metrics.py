@@ -1,7 +1,7 @@
 """Metrics suite (issue 5): each metric against an independent computation, DDP invariance, weight files, CLI.
 
-Feature networks are random-init (no published weights offline) and FVD runs at a non-standard 32 px to stay
-cheap; the names say so (``fvd_r32_randinit``).
+Feature networks are random-init (no published weights offline) and FVD runs at a non-standard 16 px to stay
+cheap; the names say so (``fvd_videogpt_r16_8f_randinit``). The FVD protocols are tested in test_fvd_protocols.py.
 """
 
 from __future__ import annotations
@@ -38,8 +38,9 @@ from mmgt.metrics import (
 from mmgt.metrics.syncnet import crop_faces, face_track
 
 ROOT = Path(__file__).resolve().parents[1]
-# non-standard, cheap FVD (named fvd_r16_8f_*) and FID at 96² (fid_r96_*; FID is off unless asked for)
-FAST = {"fvd": {"resize": 16, "clip_frames": 8}, "fid": {"resize": 96}}
+# non-standard, cheap FVD (named fvd_videogpt_r16_8f_*), FID at 96² (fid_r96_*; FID is off unless asked for) and
+# the sync monitor over ±1 offset (clips of >= 7 frames; named kpsync_v1_*)
+FAST = {"fvd": {"resize": 16, "clip_frames": 8}, "fid": {"resize": 96}, "sync": {"vshift": 1}}
 
 
 def _videos(seed: int, b: int = 2, t: int = 4, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -217,21 +218,26 @@ def test_mouth_crop_follows_face_keypoints():
 # ---------------------------------------------------------------- the suite
 def test_identical_videos_give_ideal_values_and_randinit_names():
     suite = MetricSuite(allow_random_weights=True, **FAST)
-    assert suite.names == ["psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "fvd_num_clips",
-                           "sync_c_randinit", "sync_d_randinit", "sync_offset_randinit", "sync_padded_clips",
-                           "fid_r96_randinit", "fid_num_frames"]
-    _, ref = _videos(2, b=2, t=5)
-    audio = torch.randn(2, 5 * 640) * 0.1
+    fvd_name = "fvd_videogpt_r16_8f_randinit"
+    assert suite.names == ["psnr", "ssim", "lpips_randinit", fvd_name, f"{fvd_name}_num_clips",
+                           "kpsync_v1_conf_randinit", "kpsync_v1_dist_randinit", "kpsync_v1_offset_randinit",
+                           "kpsync_v1_num_clips", "fid_r96_randinit", "fid_num_frames"]
+    _, ref = _videos(2, b=2, t=17)
+    audio = torch.randn(2, 17 * 640) * 0.1
     suite.update(ref, ref.clone(), audio=audio)
     out = suite.compute()
     assert out["psnr"] == 100.0  # the cap
     assert out["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert out["lpips_randinit"] == pytest.approx(0.0, abs=1e-6)
-    assert out["fvd_r16_8f_randinit"] == pytest.approx(0.0, abs=1e-6)
-    assert out["fvd_num_clips"] == 2  # 5-frame videos padded to one 8-frame clip each, not dropped
-    assert out["fid_r96_randinit"] == pytest.approx(0.0, abs=1e-6) and out["fid_num_frames"] == 10
-    assert np.isfinite(out["sync_c_randinit"]) and out["sync_d_randinit"] > 0
-    assert out["sync_padded_clips"] == 2  # 5 frames < 5 + 1: padded to one window, scored
+    assert out[fvd_name] == pytest.approx(0.0, abs=1e-6)
+    assert out[f"{fvd_name}_num_clips"] == 4  # two 8-frame clips per 17-frame video, the 17th frame ignored
+    assert out["fid_r96_randinit"] == pytest.approx(0.0, abs=1e-6) and out["fid_num_frames"] == 34
+    assert np.isfinite(out["kpsync_v1_conf_randinit"]) and out["kpsync_v1_dist_randinit"] > 0
+    assert out["kpsync_v1_num_clips"] == 2
+    assert not any(k.startswith(("sync_", "lse")) for k in out)  # the keypoint-crop monitor is not LSE-C/D
+    card = suite.last_card
+    assert card["fvd"]["metric"] == fvd_name and card["fvd"]["num_clips"] == 4
+    assert card["fvd"]["weights_status"] == "random-init" and card["sync"]["min_frames"] == 7
     # and the random-init FVD is informative: different videos are far apart
     fvd = suite.metrics["fvd"]
     fvd.reset()
@@ -260,8 +266,8 @@ def _ddp_worker(rank: int, world: int, init_file: str, out_file: str, gen, ref, 
 
 @pytest.mark.slow
 def test_same_values_with_one_and_two_ddp_ranks(tmp_path):
-    gen, ref = _videos(5, b=4, t=6)
-    audio = torch.randn(4, 6 * 640) * 0.1
+    gen, ref = _videos(5, b=4, t=9)
+    audio = torch.randn(4, 9 * 640) * 0.1
     single = MetricSuite(allow_random_weights=True, **FAST)
     single.update(gen[:2], ref[:2], audio=audio[:2])
     single.update(gen[2:], ref[2:], audio=audio[2:])
@@ -310,7 +316,7 @@ def test_published_key_layouts_load_from_files(tmp_path):
     assert sd["netcnnlip.0.weight"].shape == (96, 3, 5, 7, 7) and sd["netfcaud.3.weight"].shape == (1024, 512)
     assert sd["netcnnaud.0.weight"].shape == (64, 1, 3, 3)
     torch.save(sd, tmp_path / "syncnet_v2.model")
-    loaded, randinit = build_syncnet(tmp_path / "syncnet_v2.model")  # no published checksum to verify
+    loaded, randinit = build_syncnet(tmp_path / "syncnet_v2.model", verify_checksums=False)
     assert not randinit
     aud = torch.randn(2, 1, 13, 20)
     with torch.no_grad():
@@ -384,8 +390,10 @@ def test_torchscript_i3d_file_is_accepted(tmp_path):
             return x.mean(dim=(2, 3, 4)).repeat(1, 134)[:, :400]
 
     torch.jit.script(Detector()).save(str(tmp_path / "i3d_torchscript.pt"))
-    fvd = FrechetVideoDistance(tmp_path / "i3d_torchscript.pt", verify_checksums=False)
-    assert fvd.name_suffix == ""
+    fvd = FrechetVideoDistance(tmp_path / "i3d_torchscript.pt", verify_checksums=False, protocol="styleganv")
+    assert fvd.name_suffix == "_styleganv" and fvd.protocol()["bn_eps"] == "built into the TorchScript file"
+    assert fvd.protocol()["weights_status"] == "unverified"
+    assert FrechetVideoDistance(tmp_path, verify_checksums=False).name_suffix == "_videogpt_torchscript"
     gen, ref = _videos(7, b=3, t=16)
     fvd.update(gen, ref)
     assert fvd.compute() >= 0 and fvd.num_clips == 3
@@ -396,11 +404,11 @@ def test_reference_cache_gives_identical_values_and_skips_the_reference_pass():
     from mmgt.metrics.cache import FeatureCache
 
     gen, ref = _videos(8, b=3, t=16)
-    opts = {"psnr": False, "ssim": False, "sync": False}
+    opts = {"psnr": False, "ssim": False, "sync": False}  # (FAST's sync entry is overridden: off)
     cached = MetricSuite(allow_random_weights=True, fvd={**FAST["fvd"], "reference_cache_mb": 8},
                          fid={**FAST["fid"], "reference_cache_mb": 8},
                          lpips={"reference_cache_mb": 8, "frames_per_batch": 4}, **opts)
-    plain = MetricSuite(allow_random_weights=True, **FAST, **opts)
+    plain = MetricSuite(allow_random_weights=True, **{**FAST, **opts})
     calls = {"i3d": 0, "alexnet": 0}
     fvd, lp = cached.metrics["fvd"], cached.metrics["lpips"]
     fvd.__dict__["_net"].register_forward_hook(lambda *_: calls.__setitem__("i3d", calls["i3d"] + 1))
@@ -490,7 +498,8 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "mmgt.evaluate", f"generated={tmp_path / 'gen'}", f"reference={tmp_path / 'ref'}",
          "allow_missing=true", "metrics.allow_random_weights=true", "metrics.fvd.resize=16",
-         "metrics.fvd.clip_frames=8", "metrics.fid.enabled=true", "metrics.fid.resize=96", f"hydra.run.dir={out}"],
+         "metrics.fvd.clip_frames=8", "metrics.fid.enabled=true", "metrics.fid.resize=96", "metrics.sync.vshift=3",
+         f"hydra.run.dir={out}"],
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-3000:]
     report = json.loads((out / "metrics.json").read_text())
@@ -498,7 +507,11 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     notes = " ".join(report["notes"])
     assert "truncated to 14" in notes and "resized" in notes
     m = report["metrics"]
-    assert {"psnr", "ssim", "lpips_randinit", "fvd_r16_8f_randinit", "sync_c_randinit", "sync_d_randinit"} <= set(m)
+    assert {"psnr", "ssim", "lpips_randinit", "fvd_videogpt_r16_8f_randinit", "kpsync_v3_conf_randinit",
+            "kpsync_v3_dist_randinit"} <= set(m)
+    card = report["protocol"]  # the protocol card beside the numbers
+    assert card["fvd"]["metric"] == "fvd_videogpt_r16_8f_randinit" and card["fvd"]["num_clips"] == 2 + 1  # 16 and 14 frames: 8-frame clips
+    assert card["lpips"]["num_frames"] == 16 + 14 and card["sync"]["num_clips"] == 2
     assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
     assert m["fid_r96_randinit"] > 0 and m["fid_num_frames"] == 16 + 14  # optional FID from the config: every frame
     assert (out / "metrics.csv").read_text().startswith("metric,value\npsnr,")
@@ -508,7 +521,8 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     per_video = list(csv.DictReader((out / "per_video.csv").read_text().splitlines()))
     assert [r["video"] for r in per_video] == ["clip0", "clip1"] and per_video[1]["frames"] == "14"
     assert np.mean([float(r["psnr"]) for r in per_video]) == pytest.approx(m["psnr"], rel=1e-6)
-    assert np.mean([float(r["sync_d_randinit"]) for r in per_video]) == pytest.approx(m["sync_d_randinit"], rel=1e-5)
+    assert np.mean([float(r["kpsync_v3_dist_randinit"]) for r in per_video]) == pytest.approx(
+        m["kpsync_v3_dist_randinit"], rel=1e-5)
     assert "psnr" in proc.stdout
 
 

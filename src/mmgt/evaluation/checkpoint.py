@@ -3,7 +3,8 @@
 The checkpoint's own DataModule settings (recorded in the checkpoint, validated as data; ``data_root`` may point
 elsewhere) serve the split, the video module generates every window with its recorded sampling settings and the
 suite of this command's config scores them: the module's test loop, so the numbers are those a training run logs
-under ``test/``.
+under ``test/``. The suite's protocol card (of that compute) is written beside them (``metrics.json``, TensorBoard
+hparams).
 """
 
 from __future__ import annotations
@@ -67,10 +68,18 @@ def evaluate_checkpoint(cfg: DictConfig) -> int:
         n = min(n, int(cfg.max_batches) * int(dm_hp.get("val_batch_size") or dm_hp.get("batch_size") or 1))
     info = {"checkpoint": str(path), "split": split, "windows": n, "data_root": dm_hp.get("root"),
             "metrics_config": OmegaConf.to_container(cfg.metrics, resolve=True)}
-    write_reports(out_dir, metrics, info, tensorboard=False)
+    write_reports(out_dir, metrics, info, tensorboard=bool(cfg.tensorboard), protocol=_card(model), tb_scalars=False)
     print_table(metrics, n)
     log.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv")
     return 0
+
+
+def _card(model: object) -> dict:
+    """The protocol card of the metric suite inside a module (its latest compute), found as a submodule."""
+    from mmgt.metrics import Suite
+
+    modules = model.modules() if hasattr(model, "modules") else []
+    return next((m.last_card for m in modules if isinstance(m, Suite)), {})
 
 
 __all__ = ["evaluate_checkpoint"]

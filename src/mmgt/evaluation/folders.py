@@ -3,8 +3,9 @@
 Videos are matched by file name. Differences are handled explicitly and reported: different frame counts are
 truncated to the shorter video, a generated video of another size is resized (bilinear, antialiased) to the
 reference size, and names present in only one folder are listed and fail the run unless ``allow_missing=true``.
-Audio for Sync-C/D: the generated mp4's track, else ``<name>.wav`` beside it, else the reference's; mouth
-location: ``<name><keypoints_ext>`` keypoints beside the reference or generated video.
+Audio for the sync monitor: the generated mp4's track, else ``<name>.wav`` beside it, else the reference's; mouth
+location: ``<name><keypoints_ext>`` keypoints beside the reference or generated video. The suite's protocol card
+(what each number is, weight files and checksums, clip counts) goes into ``metrics.json`` and TensorBoard.
 """
 
 from __future__ import annotations
@@ -71,7 +72,7 @@ def load_pair(name: str, gen: Path, ref: Path, ext: str, notes: list[str]):
     for path in (gen, ref):
         fps = probe_video(path).fps
         if abs(fps - 25.0) > 0.01:
-            notes.append(f"{name}: {path} is {fps:g} fps; the protocol assumes 25 fps (Sync-C/D windows)")
+            notes.append(f"{name}: {path} is {fps:g} fps; the protocol assumes 25 fps (SyncNet windows, FVD clips)")
     if len(g) != len(r):
         notes.append(f"{name}: {len(g)} generated vs {len(r)} reference frames: truncated to {min(len(g), len(r))}")
     t = min(len(g), len(r))
@@ -85,7 +86,7 @@ def load_pair(name: str, gen: Path, ref: Path, ext: str, notes: list[str]):
         need = t * HOP
         audio = np.pad(audio[:need], (0, max(0, need - len(audio))))[None]
     else:
-        notes.append(f"{name}: no audio (mp4 track or .wav): Sync-C/D skipped for this pair")
+        notes.append(f"{name}: no audio (mp4 track or .wav): the sync monitor skipped for this pair")
     kp = find_keypoints(name, gen, ref, ext)
     if kp is not None:
         if len(kp) < t:
@@ -131,7 +132,7 @@ def evaluate_folders(cfg: DictConfig) -> int:
     info = {"pairs": [p[0] for p in pairing.pairs], "only_generated": pairing.only_generated,
             "only_reference": pairing.only_reference, "notes": notes, "generated": str(cfg.generated),
             "reference": str(cfg.reference), "metrics_config": OmegaConf.to_container(cfg.metrics, resolve=True)}
-    write_reports(out_dir, metrics, info, bool(cfg.tensorboard))
+    write_reports(out_dir, metrics, info, bool(cfg.tensorboard), protocol=suite.last_card)
     write_per_video(out_dir / "per_video.csv", rows)
     print_table(metrics, len(pairing.pairs))
     log.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv")

@@ -1,5 +1,12 @@
 """Evaluation reports: ``metrics.json`` + ``metrics.csv`` (+ ``per_video.csv``, TensorBoard scalars under ``eval/``)
-in the run folder, each written atomically, and a table on stdout."""
+in the run folder, each written atomically, and a table on stdout.
+
+Every report carries the suite's protocol card (:meth:`mmgt.metrics.Suite.protocol_card`): per metric its name,
+variant, weight file and sha256 (with ``published`` / ``user-declared`` / ``unverified`` / ``random-init``), the
+numbers of clips/frames scored and skipped, and the resolution: in ``metrics.json`` under ``protocol`` and in
+TensorBoard as hparams (flattened ``<metric>/<field>``, the metrics as the hparams' metrics), so a number is never
+read without what it is.
+"""
 
 from __future__ import annotations
 
@@ -10,13 +17,27 @@ from pathlib import Path
 from typing import Any
 
 
-def write_reports(out_dir: Path, metrics: dict[str, float], info: dict[str, Any], tensorboard: bool) -> None:
-    """``metrics.json`` (metrics + ``info``; non-finite values as null), ``metrics.csv``, TensorBoard scalars."""
+def flat_card(card: dict[str, dict[str, Any]]) -> dict[str, str | int | float | bool]:
+    """A protocol card as TensorBoard hparams: ``{"<key>/<field>": scalar}`` (lists and None as text)."""
+    out: dict[str, str | int | float | bool] = {}
+    for key, fields in card.items():
+        for name, value in fields.items():
+            if isinstance(value, bool | int | float | str):
+                out[f"{key}/{name}"] = value
+            else:
+                out[f"{key}/{name}"] = json.dumps(value)
+    return out
+
+
+def write_reports(out_dir: Path, metrics: dict[str, float], info: dict[str, Any], tensorboard: bool,
+                  protocol: dict[str, dict[str, Any]] | None = None, tb_scalars: bool = True) -> None:
+    """``metrics.json`` (metrics, ``protocol`` card and ``info``; non-finite values as null), ``metrics.csv``,
+    TensorBoard scalars (``tb_scalars``; off when a Lightning logger wrote them) and the card as hparams."""
     from mmgt.data.video_io import atomic_path
 
     clean = {k: (None if isinstance(v, float) and not math.isfinite(v) else v) for k, v in metrics.items()}
     with atomic_path(out_dir / "metrics.json") as tmp:
-        tmp.write_text(json.dumps({"metrics": clean, **info}, indent=2))
+        tmp.write_text(json.dumps({"metrics": clean, "protocol": protocol or {}, **info}, indent=2))
     with atomic_path(out_dir / "metrics.csv") as tmp, open(tmp, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["metric", "value"])
@@ -25,11 +46,15 @@ def write_reports(out_dir: Path, metrics: dict[str, float], info: dict[str, Any]
     if tensorboard:
         from torch.utils.tensorboard import SummaryWriter
 
+        finite = {f"eval/{k}": float(v) for k, v in metrics.items() if math.isfinite(v)}
         with SummaryWriter(str(out_dir / "tensorboard")) as writer:
-            for k, v in metrics.items():
-                if math.isfinite(v):
-                    writer.add_scalar(f"eval/{k}", v, 0)
-            writer.add_text("eval/pairs", ", ".join(info.get("pairs", [])), 0)
+            if protocol:  # the card as hparams in this run folder (run_name "."); it also writes the scalars given
+                writer.add_hparams(flat_card(protocol), finite if tb_scalars else {}, run_name=".")
+            elif tb_scalars:
+                for k, v in finite.items():
+                    writer.add_scalar(k, v, 0)
+            if tb_scalars:
+                writer.add_text("eval/pairs", ", ".join(info.get("pairs", [])), 0)
 
 
 def write_per_video(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -56,4 +81,4 @@ def print_table(metrics: dict[str, float], n_pairs: int) -> None:
     Console().print(table)
 
 
-__all__ = ["print_table", "write_per_video", "write_reports"]
+__all__ = ["flat_card", "print_table", "write_per_video", "write_reports"]

@@ -1,5 +1,7 @@
-"""Evaluation metrics: per-frame PSNR/SSIM/LPIPS, FVD (I3D), Sync-C/D (SyncNet), FID on frames (optional), Fréchet
-distance, and the stage-1 gesture metrics (keypoint L2, FGD-style distance, diversity, beat alignment).
+"""Evaluation metrics: per-frame PSNR/SSIM/LPIPS, FVD (I3D) under named published protocols, the keypoint-crop
+lip-sync monitor (SyncNet; ``kpsync_*``, not LSE-C/D), FID on frames (optional), Fréchet distance, and the stage-1
+gesture metrics (keypoint L2, FGD-style distance, diversity, beat alignment). Every suite writes a protocol card
+(:meth:`Suite.protocol_card`) saying what each number is.
 
 All metrics are torchmetrics ``Metric`` s (exact under DDP). Feature-network weights are local files registered in
 :mod:`mmgt.metrics.weights`; nothing is downloaded. Metrics are grouped in suites built from ``conf/metrics``
@@ -18,14 +20,15 @@ from mmgt.metrics.gesture import (
     GestureSuite,
     KeypointL2,
 )
-from mmgt.metrics.i3d import FrechetVideoDistance, InceptionI3d, build_i3d
+from mmgt.metrics.i3d import PROTOCOLS, FrechetVideoDistance, FVDProtocol, InceptionI3d, build_i3d
 from mmgt.metrics.suite import MetricSuite, VideoMetrics
 from mmgt.metrics.syncnet import SyncNet, SyncScore, build_syncnet, mfcc, sync_scores
 from mmgt.metrics.video import LPIPS, PSNR, SSIM, build_lpips
 from mmgt.metrics.weights import REGISTRY, ChecksumMismatchError, MissingMetricWeightsError, WeightSpec
 
 __all__ = [
-    "LPIPS", "PSNR", "REGISTRY", "SSIM", "BeatAlignment", "Builtin", "ChecksumMismatchError",
+    "LPIPS", "PROTOCOLS", "PSNR", "REGISTRY", "SSIM", "BeatAlignment", "Builtin", "ChecksumMismatchError",
+    "FVDProtocol",
     "FrechetGestureDistance", "FrechetInceptionDistance", "FrechetMetric", "FrechetVideoDistance", "GestureDiversity",
     "GestureMetrics", "GestureSuite", "InceptionI3d", "KeypointL2", "MetricSuite", "MissingMetricWeightsError",
     "Suite", "SuiteMetric", "SyncNet", "SyncScore", "VideoMetrics", "WeightSpec", "build_fid_inception", "build_i3d",

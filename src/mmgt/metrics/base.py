@@ -45,7 +45,10 @@ class SuiteMetric(Metric):
       ``allow_random_weights``); an entry's own value wins.
     * ``weights_key``: the entry of the suite's ``weights`` mapping given as the first constructor argument.
 
-    ``compute`` must also work on no data (return ``nan``): under DDP every rank computes every member.
+    ``compute`` must also work on no data (return ``nan``): under DDP every rank computes every member. A metric
+    whose protocol was not met by any clip of the set (videos too short for FVD's clips or Sync's offset search)
+    returns ``{}`` from :meth:`results`: nothing is logged rather than a number under a name it does not earn
+    (decided on synchronised states, so every rank agrees). :meth:`protocol` is the member's protocol card.
     """
 
     name: ClassVar[str] = ""
@@ -73,6 +76,12 @@ class SuiteMetric(Metric):
     def per_clip(self) -> dict[str, list[float]]:
         """Per-clip values of the latest ``update`` under the logged names; ``{}`` for set-level metrics."""
         return {}
+
+    def protocol(self) -> dict[str, Any]:
+        """The protocol card: what was computed and how (metric, variant, weight file and checksum, clip/frame
+        counts, resolution), written beside every evaluation. Subclasses add their settings to this default."""
+        return {"metric": self.names()[0], "names": self.names(), "class": f"{type(self).__module__}."
+                f"{type(self).__qualname__}"}
 
 
 @dataclass(frozen=True)
@@ -128,6 +137,7 @@ class Suite(nn.Module):
         self._warned: set[str] = set()
         self._latest: list[str] = []  # members the latest update reached
         self.update_count = 0
+        self.last_card: dict[str, dict[str, Any]] = {}  # protocol card of the latest compute (outlives reset)
 
     # ------------------------------------------------------------------------------------------- building
     def _build(self, key: str, value: Any, settings: Mapping[str, Any], weights: Mapping[str, Any]) -> Metric | None:
@@ -175,7 +185,7 @@ class Suite(nn.Module):
     # ------------------------------------------------------------------------------------------- the collection
     @property
     def names(self) -> list[str]:
-        """The keys :meth:`compute` returns, in order."""
+        """The keys :meth:`compute` can return, in order (a member whose protocol no clip met returns none)."""
         return [n for m in self.metrics.values() for n in m.names()]
 
     def update(self, generated: Any, reference: Any = None, **inputs: Any) -> None:
@@ -200,7 +210,8 @@ class Suite(nn.Module):
         self.update_count += 1
 
     def compute(self) -> dict[str, float]:
-        """All values as floats (synchronised across ranks); ``nan`` for a member that saw no data.
+        """All values as floats (synchronised across ranks); ``nan`` for a member that saw no data; nothing for a
+        member whose protocol no clip met. Also sets :attr:`last_card` (:meth:`protocol_card` after this compute).
 
         Every member's ``compute`` runs on every rank (it is a collective under DDP), also for a member skipped on
         this rank; its values are then ``nan``.
@@ -213,7 +224,17 @@ class Suite(nn.Module):
             with warnings.catch_warnings():  # "compute before update": said once at update time already
                 warnings.simplefilter("ignore")
                 out.update(dict.fromkeys(m.results(), math.nan))
+        self.last_card = self.protocol_card()
         return out
+
+    def protocol_card(self) -> dict[str, dict[str, Any]]:
+        """``{config key: member.protocol()}``: each metric's protocol, weight file and checksum, counts (of the
+        latest compute), resolution. Members without a ``protocol`` method get their names."""
+        card = {}
+        for key, m in self.metrics.items():
+            proto = getattr(m, "protocol", None)
+            card[key] = dict(proto()) if callable(proto) else {"names": list(m.names())}
+        return card
 
     def last_per_clip(self) -> dict[str, list[float]]:
         """Per-clip values of the latest :meth:`update` (set-level metrics such as FVD have none; a member that call

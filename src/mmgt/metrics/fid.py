@@ -69,7 +69,7 @@ def _fast(net: FIDInceptionV3) -> FIDInceptionV3:
 
 def build_fid_inception(path: str | Path | None, *, allow_random_weights: bool = False,
                         verify_checksums: bool = True, antialias: bool = False,
-                        size: int = 299) -> tuple[nn.Module, bool]:
+                        size: int = 299, checksum: str | None = None) -> tuple[nn.Module, bool]:
     """The FID feature net in eval mode (BatchNorm folded) from ``metrics.weights.inception``; ``(net, randinit)``.
     A file must hold the published key layout (loaded strictly; a torchvision file's ``AuxLogits`` are ignored)."""
     randinit = allow_random_weights and not W.available("inception", path)
@@ -77,7 +77,7 @@ def build_fid_inception(path: str | Path | None, *, allow_random_weights: bool =
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)  # the same random net in every process/rank, global RNG untouched
             return _fast(FIDInceptionV3(None, antialias=antialias, size=size)), True
-    p = W.resolve("inception", path, verify_checksum=verify_checksums)
+    p = W.resolve("inception", path, verify_checksum=verify_checksums, expected_sha256=checksum)
     sd = torch.load(p, map_location="cpu", weights_only=True)
     sd = {k.removeprefix("module."): v for k, v in sd.get("state_dict", sd).items()}
     sd = {k: v for k, v in sd.items() if not k.startswith("AuxLogits.")}  # a torchvision-style file's aux head
@@ -100,16 +100,23 @@ class FrechetInceptionDistance(FrechetMetric):
     name = "fid"
     sample_name = "frames"
     weights_key = "inception"
+    settings = ("input_range", "allow_random_weights", "verify_checksums", "checksums")
 
     def __init__(self, inception_path: str | Path | None = None, *, allow_random_weights: bool = False,
-                 verify_checksums: bool = True, input_range: tuple[float, float] = (-1.0, 1.0),
+                 verify_checksums: bool = True, checksums: Mapping[str, str] | None = None,
+                 input_range: tuple[float, float] = (-1.0, 1.0),
                  frame_stride: int = 1, resize: int = 299, antialias: bool = False, frames_per_batch: int = 32,
                  reference_cache_mb: float = 0.0, **kwargs):
         if int(frame_stride) < 1:  # before the 24M-parameter network is built
             raise ValueError(f"frame_stride must be >= 1, got {frame_stride}")
         super().__init__(reference_cache_mb=reference_cache_mb, **kwargs)
+        checksum = (checksums or {}).get("inception")
         net, randinit = build_fid_inception(inception_path, allow_random_weights=allow_random_weights,
-                                            verify_checksums=verify_checksums, antialias=antialias, size=resize)
+                                            verify_checksums=verify_checksums, antialias=antialias, size=resize,
+                                            checksum=checksum)
+        path = None if randinit else W.resolve("inception", inception_path, verify_checksum=False)
+        self.weights_record = W.file_record("inception", path, verified=verify_checksums, expected_sha256=checksum)
+        self.input_size: tuple[int, int] | None = None
         self.__dict__["_net"] = net  # out of the module tree: not in checkpoints, not seen by DDP
         self.randinit = randinit
         self.input_range = tuple(input_range)
@@ -121,6 +128,18 @@ class FrechetInceptionDistance(FrechetMetric):
     @property
     def num_frames(self) -> int:
         return self.num_samples
+
+    def update(self, generated: Tensor, reference: Tensor | None = None) -> None:
+        self.input_size = (int(generated.shape[-2]), int(generated.shape[-1]))
+        super().update(generated, reference)
+
+    def protocol(self) -> dict[str, Any]:
+        variant = "TF1 bilinear resize" if not self.antialias else "antialiased resize (torchmetrics default)"
+        return {**super().protocol(), "variant": variant, "frame_stride": self.frame_stride,
+                "resolution": [self.resize, self.resize],
+                "input_resolution": list(self.input_size) if self.input_size else None,
+                "features": "FID Inception-v3 (TF 2015-12-05) 2048-d pool features of uint8 frames, float64",
+                **self.weights_record, "num_frames": self.num_samples}
 
     @torch.no_grad()
     def features(self, video: Tensor) -> Tensor:

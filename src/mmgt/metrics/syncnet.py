@@ -1,28 +1,39 @@
-"""SyncNet (Chung & Zisserman 2016) and the Sync-C / Sync-D (a.k.a. LSE-C / LSE-D) lip-sync metric.
+"""SyncNet (Chung & Zisserman 2016) and the keypoint-crop lip-sync monitor (``kpsync_*``).
 
-Follows joonson/syncnet_python ``SyncNetInstance.evaluate`` as used by Wav2Lip's LSE scripts:
+The scoring follows joonson/syncnet_python ``SyncNetInstance.evaluate`` as used by Wav2Lip's LSE scripts, but the
+mouth crop does **not** come from the standard pipeline (S3FD face detection on the *generated* video, IOU tracks
+of ≥ 100 frames with faces ≥ 100 px), so the numbers are not LSE-C/LSE-D and are logged under their own name:
+``kpsync_conf`` (the published "confidence", median − min), ``kpsync_dist`` (the minimum mean distance),
+``kpsync_offset``, with ``kpsync_num_clips`` beside them. A validation monitor, comparable only with itself.
 
 * 25 fps video, 16 kHz audio. Audio -> MFCC as ``python_speech_features.mfcc`` with its defaults (13 coefficients,
   25 ms rectangular windows, 10 ms hop = 100 Hz, 26 mel filters, nfft 512, pre-emphasis 0.97, lifter 22, log
   energy as c0) on int16-scaled samples — reimplemented in numpy below (that package is not a dependency).
-* Crops: the published pipeline crops a square around the S3FD face box (``crop_scale`` 0.4, extra room below the
-  face for the mouth, grey-110 padding) and resizes it to 224². Here the box comes from the 68 face keypoints of
-  ``mmgt.pose.layout`` (their bounding box; a lips-based estimate when the face points are not visible), or from a
+* Crops: syncnet_python's square around the face box (``crop_scale`` 0.4, extra room below the face for the
+  mouth, grey-110 padding) resized to 224². Here the box comes from the 68 face keypoints of ``mmgt.pose.layout``
+  of the *driving pose* (their bounding box; a lips-based estimate when the face points are not visible), or from a
   given face box, smoothed over time with a 13-frame median filter (edge-replicated). Frames go in as raw 0–255
   BGR floats, like the cv2 frames of the original.
 * ``min_length = min(T, ⌊len(audio)/640⌋)``; windows ``i = 0 .. min_length−6`` (the original's ``lastframe =
   min_length − 5``): 5 frames vs MFCC columns ``4i .. 4i+20``; 1024-d embeddings from both streams.
-* Per offset ``k ∈ [−15, 15]`` the mean over windows of the Euclidean distance between video embedding ``i`` and
-  audio embedding ``i+k`` (zero-padded): Sync-D = min over offsets, Sync-C = median − min, offset = 15 − argmin.
-* Clips are averaged plainly. A clip shorter than 6 frames is padded (last frame repeated, audio zero-padded) and
-  scored, never dropped; ``padded_clips`` counts them.
+* Per offset ``k ∈ [−vshift, vshift]`` the mean over windows of the Euclidean distance between video embedding
+  ``i`` and audio embedding ``i+k`` (zero-padded): dist = min over offsets, conf = median − min, offset = vshift −
+  argmin.
+* **Minimum length**: a clip is scored only when every offset compares at least half of its windows against real
+  audio: ``min_length − 5 ≥ 2·vshift`` windows, i.e. ``min_frames = 2·vshift + 5`` frames (35 at the published
+  vshift 15, 1.4 s; 11 at vshift 3). Shorter clips are skipped (counted in the protocol card), never padded; when
+  no clip qualifies nothing is logged. (On 12-frame clips at vshift 15, 18 of the 31 offsets would compare only
+  against padding.) A vshift other than 15 renames to ``kpsync_v<k>_*``.
+* Clips are averaged plainly.
 """
 
 from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -90,13 +101,13 @@ class SyncNet(nn.Module):
 
 
 def build_syncnet(path: str | Path | None, *, allow_random_weights: bool = False,
-                  verify_checksums: bool = True) -> tuple[SyncNet, bool]:
+                  verify_checksums: bool = True, checksum: str | None = None) -> tuple[SyncNet, bool]:
     """SyncNet in eval mode from ``metrics.weights.syncnet``; ``(net, randinit)``."""
     if allow_random_weights and not W.available("syncnet", path):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(0)
             return _fast(he_init(SyncNet())), True
-    p = W.resolve("syncnet", path, verify_checksum=verify_checksums)
+    p = W.resolve("syncnet", path, verify_checksum=verify_checksums, expected_sha256=checksum)
     net = SyncNet()
     sd = torch.load(p, map_location="cpu", weights_only=True)
     sd = {k.removeprefix("__S__."): v for k, v in sd.get("state_dict", sd).items()}
@@ -254,54 +265,71 @@ def crop_faces(frames: Tensor, track: np.ndarray, crop_scale: float = 0.4, pad_v
     return crops + pad_value
 
 
+def min_sync_frames(vshift: int) -> int:
+    """The fewest frames the offset search needs so that every offset compares at least half of its windows
+    against real audio: ``2·vshift`` windows, ``2·vshift + WINDOW`` frames."""
+    return 2 * int(vshift) + WINDOW
+
+
 class SyncScore(SuiteMetric):
-    """Sync-C and Sync-D of generated videos with their audio, averaged over clips (DDP: float64 sums).
+    """The keypoint-crop lip-sync monitor of generated videos with their audio, averaged over clips (DDP: float64
+    sums). Not LSE-C/D (see the module docstring): logged as ``kpsync_conf, kpsync_dist, kpsync_offset``
+    (+ ``_randinit``) and ``kpsync_num_clips``.
 
     ``update(video (B,T,C,H,W), audio (B, S) 16 kHz, keypoints (B,T,134,3) pixels | None, boxes (B,T,4) | None)``.
-    Without keypoints or boxes the whole frame is used (non-standard; warns). ``compute()`` returns
-    ``{"sync_c", "sync_d", "sync_offset"}`` (plain means over clips) and ``sync_padded_clips`` (how many clips were
-    shorter than 6 frames and padded). In a suite: logged as ``sync_c, sync_d, sync_offset`` (+ ``_randinit``)
-    and ``sync_padded_clips``; it needs the suite's ``audio`` and uses ``keypoints``/``boxes`` when given.
+    Without keypoints or boxes the whole frame is used (warns). Clips shorter than ``min_frames`` (default
+    :func:`min_sync_frames` of ``vshift``; at least 6) are skipped; when none was scored, :meth:`results` logs
+    nothing. In a suite it needs the suite's ``audio`` and uses ``keypoints``/``boxes`` when given.
     """
 
     full_state_update = False
     is_differentiable = False
-    name = "sync"
+    name = "kpsync"
     inputs = ("generated", "audio")
     optional_inputs = ("keypoints", "boxes")
-    settings = ("input_range", "allow_random_weights", "verify_checksums")
+    settings = ("input_range", "allow_random_weights", "verify_checksums", "checksums")
     weights_key = "syncnet"
 
     def __init__(self, syncnet_path: str | Path | None = None, *, allow_random_weights: bool = False,
-                 verify_checksums: bool = True, vshift: int = 15, crop_scale: float = 0.4,
+                 verify_checksums: bool = True, checksums: Mapping[str, str] | None = None, vshift: int = 15,
+                 min_frames: int | None = None, crop_scale: float = 0.4,
                  input_range: tuple[float, float] = (-1.0, 1.0), windows_per_batch: int = 32, **kwargs):
+        self.vshift = int(vshift)
+        self.min_frames = min_sync_frames(self.vshift) if min_frames is None else int(min_frames)
+        if self.min_frames < WINDOW + 1:
+            raise ValueError(f"metrics.sync.min_frames={self.min_frames}: SyncNet needs at least {WINDOW + 1} "
+                             "frames (one 5-frame window and the published last-frame rule)")
         super().__init__(**kwargs)
+        checksum = (checksums or {}).get("syncnet")
         net, randinit = build_syncnet(syncnet_path, allow_random_weights=allow_random_weights,
-                                      verify_checksums=verify_checksums)
+                                      verify_checksums=verify_checksums, checksum=checksum)
         self.__dict__["_net"] = net  # out of the module tree: not in checkpoints, not seen by DDP
         self.randinit = randinit
+        path = None if randinit else W.resolve("syncnet", syncnet_path, verify_checksum=False)
+        self.weights_record = W.file_record("syncnet", path, verified=verify_checksums, expected_sha256=checksum)
         self.name_suffix = "_randinit" if randinit else ""
-        self.vshift, self.crop_scale = int(vshift), float(crop_scale)
+        self.crop_scale = float(crop_scale)
         self.input_range = tuple(input_range)
         self.windows_per_batch = int(windows_per_batch)
         for name in ("conf_sum", "dist_sum", "offset_sum"):
             self.add_state(name, torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
-        self.add_state("padded_clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("skipped_clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("whole_frame_clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.last_counts: dict[str, int] = {}
+        self.input_size: tuple[int, int] | None = None
+        self._warned_short = False
 
     @torch.no_grad()
     def embeddings(self, frames: Tensor, audio: Tensor | np.ndarray, track: np.ndarray | None) -> tuple[Tensor, Tensor]:
-        """Per-window video/audio embeddings of one clip: frames (T,C,H,W) in the input convention."""
+        """Per-window video/audio embeddings of one clip: frames (T,C,H,W) in the input convention (at least
+        6 frames and 6 frames' audio)."""
         dev = frames.device
         net: SyncNet = ensure_device(self.__dict__["_net"], dev)
         audio = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
-        t = frames.shape[0]
-        min_length = min(t, len(audio) // HOP)
-        if min_length < WINDOW + 1:  # pad, never drop
-            need = WINDOW + 1
-            frames = torch.cat([frames, frames[-1:].expand(max(need - t, 0), *frames.shape[1:])])
-            audio = np.concatenate([audio, np.zeros(max(need * HOP - len(audio), 0), dtype=audio.dtype)])
-            min_length = need
+        min_length = min(frames.shape[0], len(audio) // HOP)
+        if min_length < WINDOW + 1:
+            raise ValueError(f"SyncNet needs at least {WINDOW + 1} frames of video and audio, got {min_length}")
         if track is not None and len(track) < min_length:  # keypoints shorter than the clip: hold the last box
             track = np.concatenate([track, np.repeat(track[-1:], min_length - len(track), 0)])
         frames = frames[:min_length]
@@ -326,18 +354,25 @@ class SyncScore(SuiteMetric):
                boxes: Tensor | np.ndarray | None = None) -> None:
         if video.ndim != 5:
             raise ValueError(f"video must be (B,T,C,H,W), got {tuple(video.shape)}")
-        self.last_per_clip = []  # (offset, sync_c, sync_d) per clip of the latest batch; not a state
+        self.input_size = (int(video.shape[-2]), int(video.shape[-1]))
+        self.last_per_clip = []  # (offset, conf, dist) per scored clip of the latest batch; not a state
         for b in range(video.shape[0]):
+            length = min(video.shape[1], len(audio[b]) // HOP)
+            if length < self.min_frames:
+                self.skipped_clips += 1
+                if not self._warned_short:
+                    warnings.warn(f"kpsync: clips of {length} frames are shorter than the {self.min_frames} the "
+                                  f"offset search over ±{self.vshift} needs; not scored (no padding)", stacklevel=2)
+                    self._warned_short = True
+                continue
             track = None
             if boxes is not None:
                 track = boxes_to_track(boxes[b])
             elif keypoints is not None:
                 track = face_track(keypoints[b])
             if track is None:
-                warnings.warn("Sync-C/D: no face keypoints/box for a clip; using the whole frame (non-standard)",
-                              stacklevel=2)
-            if video.shape[1] < WINDOW + 1 or len(audio[b]) // HOP < WINDOW + 1:
-                self.padded_clips += 1
+                self.whole_frame_clips += 1
+                warnings.warn("kpsync: no face keypoints/box for a clip; using the whole frame", stacklevel=2)
             v_emb, a_emb = self.embeddings(video[b], audio[b], track)
             offset, conf, dist = sync_scores(v_emb, a_emb, self.vshift)
             self.last_per_clip.append((offset, conf, dist))
@@ -347,21 +382,40 @@ class SyncScore(SuiteMetric):
             self.clips += 1
 
     def compute(self) -> dict[str, Tensor]:
+        self.last_counts = {"num_clips": int(self.clips), "skipped_clips": int(self.skipped_clips),
+                            "whole_frame_clips": int(self.whole_frame_clips)}
         if int(self.clips) == 0:
             nan = torch.tensor(math.nan, dtype=torch.float64)
-            return {"sync_c": nan, "sync_d": nan, "sync_offset": nan, "sync_padded_clips": nan}
+            return {"conf": nan, "dist": nan, "offset": nan, "num_clips": torch.tensor(0.0, dtype=torch.float64)}
         n = self.clips.double()
-        return {"sync_c": self.conf_sum / n, "sync_d": self.dist_sum / n, "sync_offset": self.offset_sum / n,
-                "sync_padded_clips": self.padded_clips.double()}
+        return {"conf": self.conf_sum / n, "dist": self.dist_sum / n, "offset": self.offset_sum / n,
+                "num_clips": n}
+
+    def _prefix(self) -> str:
+        return self.name + (f"_v{self.vshift}" if self.vshift != 15 else "")
 
     def names(self) -> list[str]:
-        return [f"{self.name}_{p}{self.name_suffix}" for p in ("c", "d", "offset")] + [f"{self.name}_padded_clips"]
+        return [f"{self._prefix()}_{p}{self.name_suffix}" for p in ("conf", "dist", "offset")] + \
+            [f"{self._prefix()}_num_clips"]
 
     def results(self) -> dict[str, float]:
-        v = self.compute()
-        return dict(zip(self.names(), (float(v[k]) for k in ("sync_c", "sync_d", "sync_offset", "sync_padded_clips"))))
+        v = self.compute()  # sets last_counts (synchronised)
+        if not self.last_counts.get("num_clips"):
+            return {}
+        return dict(zip(self.names(), (float(v[k]) for k in ("conf", "dist", "offset", "num_clips"))))
 
     def per_clip(self) -> dict[str, list[float]]:
-        rows = getattr(self, "last_per_clip", [])  # (offset, sync_c, sync_d) per clip
-        return {f"{self.name}_{p}{self.name_suffix}": [float(r[i]) for r in rows]
-                for i, p in enumerate(("offset", "c", "d"))}
+        rows = getattr(self, "last_per_clip", [])  # (offset, conf, dist) per clip
+        if not rows:
+            return {}
+        return {f"{self._prefix()}_{p}{self.name_suffix}": [float(r[i]) for r in rows]
+                for i, p in enumerate(("offset", "conf", "dist"))}
+
+    def protocol(self) -> dict[str, Any]:
+        return {**super().protocol(), "variant": "keypoint-crop SyncNet monitor (not LSE-C/D)",
+                "crop": "syncnet_python crop (scale 0.4, 224²) around the driving pose's face keypoints / given "
+                        "boxes, median-smoothed over 13 frames",
+                "vshift": self.vshift, "min_frames": self.min_frames, "fps": 25, "audio_rate": SAMPLE_RATE,
+                "input_resolution": list(self.input_size) if self.input_size else None,
+                "comparable_with": "only this monitor at the same vshift (not published LSE-C/D numbers)",
+                **self.weights_record, **self.last_counts}

@@ -14,7 +14,9 @@ from __future__ import annotations
 
 import itertools
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -61,6 +63,9 @@ class _PerFrameMetric(SuiteMetric):
         self.frames_per_batch = int(frames_per_batch)
         self.add_state("total", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
         self.add_state("clips", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.add_state("frames", torch.tensor(0, dtype=torch.long), dist_reduce_fx="sum")
+        self.input_size: tuple[int, int] | None = None
+        self.last_counts: dict[str, int] = {}
 
     def per_frame(self, generated: Tensor, reference: Tensor) -> Tensor:
         """``(B, T)`` per-frame values of two videos (B,T,C,H,W) already in [0, 1]."""
@@ -85,8 +90,11 @@ class _PerFrameMetric(SuiteMetric):
         self.last_per_clip = per_clip.tolist()  # not a state: per-video reports of the latest batch
         self.total += per_clip.sum()
         self.clips += vals.shape[0]
+        self.frames += vals.numel()
+        self.input_size = (int(generated.shape[-2]), int(generated.shape[-1]))
 
     def compute(self) -> Tensor:
+        self.last_counts = {"num_clips": int(self.clips), "num_frames": int(self.frames)}
         if int(self.clips) == 0:
             return torch.tensor(float("nan"), dtype=torch.float64)
         return self.total / self.clips
@@ -94,12 +102,21 @@ class _PerFrameMetric(SuiteMetric):
     def per_clip(self) -> dict[str, list[float]]:
         return {self.names()[0]: list(getattr(self, "last_per_clip", []))}
 
+    #: what the number is, for the protocol card
+    variant = ""
+
+    def protocol(self) -> dict[str, Any]:
+        return {**super().protocol(), "variant": self.variant,
+                "averaging": "per frame vs the ground-truth frame, mean over frames, then over clips",
+                "resolution": list(self.input_size) if self.input_size else None, **self.last_counts}
+
 
 class PSNR(_PerFrameMetric):
     """Per-frame PSNR in dB on [0, 1] frames (``data_range=1``), capped at ``cap`` for identical frames."""
 
     higher_is_better = True
     name = "psnr"
+    variant = "data range 1 on [0, 1] frames, identical frames capped"
 
     def __init__(self, cap: float | None = 100.0, **kwargs):
         super().__init__(**kwargs)
@@ -122,6 +139,7 @@ class SSIM(_PerFrameMetric):
 
     higher_is_better = True
     name = "ssim"
+    variant = "Gaussian window 11, sigma 1.5, data range 1, 5-px border excluded (scikit-image)"
     border = 5  # (11 - 1) // 2
     k1, k2, sigma = 0.01, 0.03, 1.5
     #: elements (frames·C·H·W) per inner chunk on CPU: 5 stacked float32 maps of this size fit a core's L2 cache
@@ -168,7 +186,7 @@ _ALEX_SLICES = ((0, 2), (2, 5), (5, 8), (8, 10), (10, 12))  # lpips' split of to
 
 
 def build_lpips(alexnet_path: str | Path | None, *, allow_random_weights: bool = False,
-                verify_checksums: bool = True) -> tuple[torch.nn.Module, bool]:
+                verify_checksums: bool = True, checksum: str | None = None) -> tuple[torch.nn.Module, bool]:
     """lpips 0.1 AlexNet model with the backbone from a local torchvision file; returns ``(net, randinit)``.
 
     The lpips package ships its linear heads (``weights/v0.1/alex.pth``) but would download the AlexNet trunk;
@@ -178,7 +196,8 @@ def build_lpips(alexnet_path: str | Path | None, *, allow_random_weights: bool =
     import lpips
 
     randinit = allow_random_weights and not W.available("alexnet", alexnet_path)
-    path = None if randinit else W.resolve("alexnet", alexnet_path, verify_checksum=verify_checksums)
+    path = None if randinit else W.resolve("alexnet", alexnet_path, verify_checksum=verify_checksums,
+                                           expected_sha256=checksum)
     with warnings.catch_warnings(), torch.random.fork_rng(devices=[]):
         warnings.simplefilter("ignore")
         torch.manual_seed(0)  # a random trunk is the same in every process/rank; global RNG untouched
@@ -218,19 +237,26 @@ class LPIPS(_PerFrameMetric):
 
     higher_is_better = False
     name = "lpips"
-    settings = ("input_range", "allow_random_weights", "verify_checksums")
+    variant = "lpips v0.1, AlexNet trunk, linear heads, spatial average, input [-1, 1]"
+    settings = ("input_range", "allow_random_weights", "verify_checksums", "checksums")
     weights_key = "alexnet"
 
     def __init__(self, alexnet_path: str | Path | None = None, *, allow_random_weights: bool = False,
-                 verify_checksums: bool = True, frames_per_batch: int = 64, reference_cache_mb: float = 0.0,
-                 **kwargs):
+                 verify_checksums: bool = True, checksums: Mapping[str, str] | None = None,
+                 frames_per_batch: int = 64, reference_cache_mb: float = 0.0, **kwargs):
         super().__init__(frames_per_batch=frames_per_batch, **kwargs)
+        checksum = (checksums or {}).get("alexnet")
         net, randinit = build_lpips(alexnet_path, allow_random_weights=allow_random_weights,
-                                    verify_checksums=verify_checksums)
+                                    verify_checksums=verify_checksums, checksum=checksum)
+        path = None if randinit else W.resolve("alexnet", alexnet_path, verify_checksum=False)
+        self.weights_record = W.file_record("alexnet", path, verified=verify_checksums, expected_sha256=checksum)
         self.__dict__["_net"] = net  # unregistered on purpose
         self.__dict__["cache"] = FeatureCache(int(reference_cache_mb * 2**20))
         self.randinit = randinit
         self.name_suffix = "_randinit" if randinit else ""
+
+    def protocol(self) -> dict[str, Any]:
+        return {**super().protocol(), **self.weights_record}
 
     def features(self, frames: Tensor) -> tuple[Tensor, ...]:
         """Unit-normalised trunk activations (one per layer) of ``(N, C, H, W)`` frames in [0, 1]."""
