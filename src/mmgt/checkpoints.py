@@ -12,11 +12,16 @@ Rules kept in one place:
 - a run folder resolves to its newest *loadable* checkpoint by training step, across ``last*.ckpt`` and
   ``step-*.ckpt``; unreadable files are skipped and named;
 - writes go to a temp file beside the target, are fsync'd and renamed (:func:`mmgt.data.video_io.atomic_path`;
-  Lightning's saves through :class:`mmgt.lit.checkpoint_io.AtomicCheckpointIO`), with the umask's permissions.
+  Lightning's saves through :class:`mmgt.lit.checkpoint_io.AtomicCheckpointIO`), with the umask's permissions;
+- modules are rebuilt without a throwaway random init and without a copy of the weights: parameters are created on
+  the meta device and the file's (memory-mapped) tensors are assigned to them (``load_state_dict(assign=True)``);
+- stage-2 checkpoints may be *lean* (:mod:`mmgt.lit.lean`): frozen parts rebuilt from their recorded sources
+  (pretrained folders, ``model.init_from``) are not stored, and are rebuilt and checksum-verified on load.
 """
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 import importlib
@@ -105,6 +110,7 @@ class Checkpoint:
     state_dict: dict[str, torch.Tensor]
     datamodule: dict[str, Any] = field(default_factory=dict)
     global_step: int = -1
+    lean: dict[str, Any] | None = None  # the lean record (mmgt.lit.lean): frozen parts to rebuild from sources
 
     def describe(self) -> str:
         return KINDS.get(self.kind, "not a checkpoint of an mmgt stage module")
@@ -216,9 +222,12 @@ def read(path: str | Path, key: str = "ckpt") -> Checkpoint:
     if not isinstance(ckpt, Mapping) or "state_dict" not in ckpt:
         raise CheckpointError(f"{p}: not a Lightning checkpoint (no state_dict)")
     rec = ckpt.get("mmgt") if isinstance(ckpt.get("mmgt"), Mapping) else {}
+    from mmgt.lit.lean import record_of
+
     return _upgrade(Checkpoint(p, kind_of(ckpt), "ckpt", int(rec.get("format_version", 0)),
                                dict(ckpt.get("hyper_parameters") or {}), dict(ckpt["state_dict"]),
-                               dict(ckpt.get("datamodule_hyper_parameters") or {}), int(ckpt.get("global_step", -1))))
+                               dict(ckpt.get("datamodule_hyper_parameters") or {}), int(ckpt.get("global_step", -1)),
+                               record_of(ckpt)))
 
 
 # ---------------------------------------------------------------------------------------------- rebuilding
@@ -257,6 +266,16 @@ def non_finite(state: Mapping[str, torch.Tensor]) -> list[str]:
             not bool(torch.isfinite(v).all())]
 
 
+@contextlib.contextmanager
+def empty_parameters() -> Any:
+    """Modules built inside get their parameters on the meta device (buffers stay real: noise schedules, constants),
+    to be filled with ``load_state_dict(..., assign=True)``; accelerate's ``init_empty_weights``."""
+    from accelerate import init_empty_weights
+
+    with init_empty_weights(include_buffers=False):
+        yield
+
+
 def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = None, key: str | None = None,
                  device: str | torch.device = "cpu") -> nn.Module:
     """Rebuild a stage module for inference from a checkpoint read by :func:`read`, with its weights loaded (EMA
@@ -275,21 +294,31 @@ def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = No
     if ckpt.format == "safetensors":  # the export holds the (EMA-applied) network weights only
         hp["ema"] = {**(hp.get("ema") or {}), "enabled": False}
     try:
-        if kind == "smga":
-            from mmgt.lit.smga import SMGAModule
+        with empty_parameters():  # every weight comes from the file: no random init, no copy
+            if kind == "smga":
+                from mmgt.lit.smga import SMGAModule
 
-            module: nn.Module = SMGAModule(**hp)
-        else:
-            from mmgt.lit.video import VideoModule
+                module: nn.Module = SMGAModule(**hp)
+            else:
+                from mmgt.lit.video import VideoModule
 
-            hp.update(init_from=None, load_weights=False)  # every weight comes from this file
-            module = VideoModule(**hp)
+                hp.update(init_from=None, load_weights=False)
+                module = VideoModule(**hp)
     except (ValueError, TypeError, KeyError) as err:
         raise CheckpointError(f"{ckpt.path}: cannot build the {KINDS[kind]} network from its recorded configuration "
                               f"with `{key}.net` overrides {dict(net or {})}: {err}") from err
+    state = ckpt.state_dict
+    if ckpt.lean is not None:  # frozen parts left out of the file: rebuilt from their sources, checksum-verified
+        from mmgt.lit.lean import rebuild
+
+        state = {**state, **rebuild(ckpt.lean, module, hp["net"], ckpt.path, f"{key}.net")}
     target = module if ckpt.format == "ckpt" else module.net
-    check_state(ckpt.path, target, ckpt.state_dict, key)
-    target.load_state_dict(ckpt.state_dict, strict=True)
+    check_state(ckpt.path, target, state, key)
+    target.load_state_dict(state, strict=True, assign=True)
+    still_empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
+    if still_empty:
+        raise CheckpointError(f"{ckpt.path}: {len(still_empty)} tensors of the rebuilt module were not filled by the "
+                              f"file (e.g. {', '.join(still_empty[:3])})")
     module.inference_view()
     bad = non_finite(dict(module.state_dict()))
     if bad:
@@ -352,6 +381,12 @@ def net_state(path: str | Path, prefer_ema: bool = True, key: str = "model.init_
                               f"`{key}=<dir>/smga.safetensors` or `<dir>/video.safetensors`")
     ema = {}
     if isinstance(sd, Mapping) and "state_dict" in sd:
+        from mmgt.lit.lean import omitted_keys, record_of
+
+        lean = record_of(sd)
+        if lean is not None:  # the receiving model keeps its own (pretrained) values for what the file left out
+            log.info("%s is a lean checkpoint: %d frozen tensors it left out (sources: %s) are not taken from it",
+                     p, len(omitted_keys(lean)), ", ".join(s["path"] for s in lean["sources"].values()))
         full = sd["state_dict"]
         if any(k.startswith("ema.module.") for k in full):  # stage 1: torch AveragedModel
             ema = {k[len("ema.module."):]: v for k, v in full.items() if k.startswith("ema.module.")}
@@ -378,7 +413,7 @@ def state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return sd.get("state_dict", sd) if isinstance(sd, dict) else sd
 
 
-__all__ = ["EXPORT_FORMAT", "FORMAT_VERSION", "KINDS", "Checkpoint", "CheckpointError",
-           "build_module", "check_state", "check_stored_config", "export_safetensors", "kind_of", "latest_checkpoint",
+__all__ = ["EXPORT_FORMAT", "FORMAT_VERSION", "KINDS", "Checkpoint", "CheckpointError", "build_module", "check_state",
+           "check_stored_config", "empty_parameters", "export_safetensors", "kind_of", "latest_checkpoint",
            "load_torch", "net_state", "non_finite", "read", "resolve", "stamp", "state_dict_file", "video_net_state",
            "write_export"]
