@@ -332,6 +332,10 @@ def test_replaced_weights_change_the_signature(tmp_path: Path) -> None:
     weights = next((tmp_path / "w2v").glob("*.safetensors"))
     os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
     assert Wav2VecFeatures(pretrained_path=str(tmp_path / "w2v")).signature != first
+    # stage 1's speech encoder shares the key: replacing its weights file changes the stage-1 cache signature too
+    stage1 = Stage1Features(backend="wav2vec2", pretrained_path=str(tmp_path / "w2v")).signature
+    os.utime(weights, ns=(weights.stat().st_atime_ns, weights.stat().st_mtime_ns + 10**9))
+    assert Stage1Features(backend="wav2vec2", pretrained_path=str(tmp_path / "w2v")).signature != stage1
 
 
 # ---------------------------------------------------------------------------------------------- EDGE 35

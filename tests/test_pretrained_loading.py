@@ -172,3 +172,29 @@ def test_incomplete_adapter_names_the_adapter_folder(tmp_path: Path) -> None:
 def test_empty_path_is_a_missing_weights_error() -> None:
     with pytest.raises(MissingWeightsError, match="size.video.codec.path"):
         build_codec(dict(type="vae", path=None))
+
+
+def _controlnet_file(tmp_path: Path) -> Path:
+    from diffusers.models.controlnets.controlnet import ControlNetConditioningEmbedding
+
+    torch.manual_seed(0)
+    emb = ControlNetConditioningEmbedding(16, 3, (8, 8, 16))
+    f = tmp_path / "controlnet" / "diffusion_pytorch_model.safetensors"
+    f.parent.mkdir()
+    save_file({f"controlnet_cond_embedding.{k}": v.contiguous() for k, v in emb.state_dict().items()}, str(f))
+    return f
+
+
+def test_controlnet_missing_or_truncated_names_the_file(tmp_path: Path) -> None:
+    from mmgt.models.video.pose_guider import PoseGuider
+
+    f = _controlnet_file(tmp_path)
+    PoseGuider(16, (8, 8, 16)).load_controlnet(str(f.parent))  # complete: loads
+    _edit(f, drop="controlnet_cond_embedding.blocks.1.weight")
+    with pytest.raises(ValueError, match=r"blocks\.1\.weight") as err:
+        PoseGuider(16, (8, 8, 16)).load_controlnet(str(f.parent))
+    assert str(f) in str(err.value)
+    f.write_bytes(f.read_bytes()[:100])
+    with pytest.raises(IncompleteWeightsError, match="truncated") as err:
+        PoseGuider(16, (8, 8, 16)).load_controlnet(str(f.parent))
+    assert str(f) in str(err.value)
