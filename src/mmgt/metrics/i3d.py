@@ -297,20 +297,21 @@ def select_clips(video: Tensor, clips: str, clip_frames: int, min_frames: int = 
     return video[:, : n * clip_frames].reshape(b * n, clip_frames, *video.shape[2:])
 
 
-def resize_frames(frames: Tensor, size: int, grid: str) -> Tensor:
-    """Bilinear resize of ``(N, C, H, W)`` float frames to ``size``² (no antialiasing, as every FVD code) on a
-    sampling grid: ``half_pixel`` (PyTorch ``align_corners=False``, TF2), ``tf1`` (TensorFlow 1's
+def resize_frames(frames: Tensor, size: int | tuple[int, int], grid: str) -> Tensor:
+    """Bilinear resize of ``(N, C, H, W)`` float frames to ``size`` (``S`` or ``(H, W)``; no antialiasing, as every
+    FVD code) on a sampling grid: ``half_pixel`` (PyTorch ``align_corners=False``, TF2), ``tf1`` (TensorFlow 1's
     ``tf.image.resize_bilinear`` default: source = output · in/out, no half-pixel centres; torch-fidelity's
     TF1-exact interpolation) or ``align_corners`` (corner pixels aligned)."""
-    if tuple(frames.shape[-2:]) == (size, size):
+    hw = (int(size), int(size)) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    if grid not in RESIZE_GRIDS:
+        raise ValueError(f"resize_grid={grid!r}: expected one of {RESIZE_GRIDS}")
+    if tuple(frames.shape[-2:]) == hw:
         return frames
     if grid == "tf1":
         from torch_fidelity.interpolate_compat_tensorflow import interpolate_bilinear_2d_like_tensorflow1x
 
-        return interpolate_bilinear_2d_like_tensorflow1x(frames, size=(size, size), align_corners=False)
-    if grid not in RESIZE_GRIDS:
-        raise ValueError(f"resize_grid={grid!r}: expected one of {RESIZE_GRIDS}")
-    return F.interpolate(frames, size=(size, size), mode="bilinear", align_corners=grid == "align_corners")
+        return interpolate_bilinear_2d_like_tensorflow1x(frames, size=hw, align_corners=False)
+    return F.interpolate(frames, size=hw, mode="bilinear", align_corners=grid == "align_corners")
 
 
 class FrechetVideoDistance(FrechetMetric):
