@@ -1,15 +1,18 @@
 """Ablation report: final metrics of every run of a Hydra multirun folder as Markdown, CSV and a bar plot.
 
-    python experiments/report.py outputs/train/multiruns/<time> [--metrics val/fgd val/l2_face] [--out DIR]
+    python experiments/report.py outputs/train/multiruns/<time> [--metrics val/fgd_randproj val/l2_face] [--out DIR]
 
 Each job folder of the sweep (``<sweep>/<n>/``) holds ``.hydra/overrides.yaml`` (the overrides that define
 the variant) and ``tensorboard/`` events; the report takes the value of each scalar at its last logged step.
+``--metrics`` takes the logged tags as they are (names carry their protocol: ``val/fgd_randproj``,
+``test/fvd_videogpt``); a tag no run logged is reported on stderr with the closest logged tags.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
+import difflib
 import math
 import sys
 from pathlib import Path
@@ -52,8 +55,14 @@ def collect(sweep_dir: Path, metrics: list[str] | None = None) -> tuple[list[dic
     overrides = {r: yaml.safe_load((r / ".hydra" / "overrides.yaml").read_text()) or [] for r in runs}
     common = set.intersection(*(set(o) for o in overrides.values())) if len(runs) > 1 else set()
     scalars = {r: final_scalars(r) for r in runs}
+    logged = sorted({t for s in scalars.values() for t in s})
     if metrics is None:
-        metrics = sorted({t for s in scalars.values() for t in s if t.startswith(("val/", "test/"))})
+        metrics = [t for t in logged if t.startswith(("val/", "test/"))]
+    for m in metrics:
+        if m not in logged:
+            near = difflib.get_close_matches(m, logged, n=3, cutoff=0.5) or [t for t in logged if t.startswith(m)]
+            print(f"warning: no run logged `{m}`" + (f" (logged: {', '.join(near)})" if near else ""),
+                  file=sys.stderr)
     rows = []
     for r in runs:
         row: dict[str, object] = {"job": str(r.relative_to(sweep_dir)), "variant": variant_name(overrides[r], common),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import math
 from pathlib import Path
 
 import pytest
@@ -29,7 +30,7 @@ def _fake_sweep(root: Path) -> None:
         (run / ".hydra" / "overrides.yaml").write_text(yaml.safe_dump(["experiment=quickstart_smga", a, b]))
         w = SummaryWriter(run / "tensorboard")
         for step in (1, 5, 9):
-            w.add_scalar("val/fgd", 10.0 * job + step, step)
+            w.add_scalar("val/fgd_randproj", 10.0 * job + step, step)  # the logged key, as stage 1 logs it
             w.add_scalar("train/loss", 1.0 / step, step)
         w.close()
 
@@ -38,17 +39,27 @@ def test_report_table_and_plot(tmp_path: Path) -> None:
     report = _report_module()
     _fake_sweep(tmp_path)
     rows, metrics = report.collect(tmp_path)
-    assert metrics == ["val/fgd"]  # train/ scalars are not results
+    assert metrics == ["val/fgd_randproj"]  # train/ scalars are not results
     assert [r["variant"] for r in rows] == ["loss=smga mask=boxes", "loss=smga mask=union",
                                             "loss=smga_no_face mask=boxes"]
-    assert [r["val/fgd"] for r in rows] == [9.0, 19.0, 29.0]  # the value at the last step
-    assert report.main([str(tmp_path), "--metrics", "val/fgd", "train/loss"]) == 0
+    assert [r["val/fgd_randproj"] for r in rows] == [9.0, 19.0, 29.0]  # the value at the last step
+    assert report.main([str(tmp_path), "--metrics", "val/fgd_randproj", "train/loss"]) == 0
     with (tmp_path / "report.csv").open() as fh:
         table = list(csv.DictReader(fh))
     assert len(table) == 3 and float(table[2]["train/loss"]) == pytest.approx(1 / 9)
     assert "| 2 | loss=smga_no_face mask=boxes | 29 |" in (tmp_path / "report.md").read_text()
     png = (tmp_path / "report.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 5000
+
+
+def test_a_tag_no_run_logged_is_reported_with_the_logged_ones(tmp_path: Path,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    report = _report_module()
+    _fake_sweep(tmp_path)
+    rows, _ = report.collect(tmp_path, ["val/fgd"])  # the old README's key: stage 1 logs val/fgd_randproj
+    assert all(math.isnan(r["val/fgd"]) for r in rows)
+    err = capsys.readouterr().err
+    assert "no run logged `val/fgd`" in err and "val/fgd_randproj" in err
 
 
 def test_report_on_empty_folder_is_an_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
