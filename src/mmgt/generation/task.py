@@ -98,6 +98,9 @@ def plan(c: Mapping[str, Any]) -> Plan:
     if not s.get("ckpt") or not v.get("ckpt"):
         raise GenerationError("set smga.ckpt=<stage-1 checkpoint> and video.ckpt=<stage-2 checkpoint> (.ckpt, run "
                               "folder or .safetensors export)")
+    for block, blk in (("smga", s), ("video", v)):
+        if not Path(str(blk["ckpt"])).expanduser().exists():
+            raise GenerationError(f"{block}.ckpt={blk['ckpt']}: no such checkpoint file or run folder")
     sampling = Sampling.from_config(c)
     out_dir = Path(c.get("output_dir") or ".")
     root = (c.get("data") or {}).get("root")
