@@ -1,19 +1,20 @@
 """Throughput of the batched metric suite vs a straightforward per-frame loop on the same videos.
 
-    python experiments/bench/metrics.py [--videos 2 --frames 32 --size 128 --device cpu --weights-dir weights/
+    python experiments/bench/metrics.py [--videos 2 --frames 40 --size 128 --device cpu --weights-dir weights/
                                          --repeats 2 --threads N --reference-cache-mb 256 --no-flops --fid]
 
 The loop is what one writes first: scikit-image PSNR/SSIM per frame, LPIPS one frame at a time, I3D one clip at a
 time, SyncNet one 5-frame window at a time and the published Python offset loop. Both paths use the same networks
-(random-init unless ``--weights-dir`` holds the published files) at the standard settings (I3D 224², 16-frame
-clips; SyncNet 224² crops). Prints frames/s of each and the ratio (best of ``--repeats`` alternating runs: the
-machine may be shared), per part the network FLOPs (``torch.utils.flop_counter``), the achieved GFLOP/s and its
-share of this machine's float32 matmul peak (a 2048² matmul, 8192² on a GPU, measured in the same run), and an
-upper bound on the ratio: the loop's time over the suite's FLOPs at that peak. The suite runs as
-``metrics=default`` does (no reference cache, no FID; ``--fid`` adds FID to both paths). With
-``--reference-cache-mb > 0`` a second suite with the reference-feature cache is timed on a first evaluation
-(misses: hashing + networks) and a second one of the same references (hits), labelled as such: on a CPU the hits
-pay, on a fast GPU hashing the references costs more than the networks.
+(random-init unless ``--weights-dir`` holds the published files) at the standard settings (FVD's ``videogpt``
+protocol: I3D 224², every non-overlapping 16-frame clip; the SyncNet monitor: 224² crops, offsets ±15, which needs
+clips of at least 35 frames — hence 40 frames by default). Prints frames/s of each and the ratio (best of
+``--repeats`` alternating runs: the machine may be shared), per part the network FLOPs
+(``torch.utils.flop_counter``), the achieved GFLOP/s and its share of this machine's float32 matmul peak (a 2048²
+matmul, 8192² on a GPU, measured in the same run), and an upper bound on the ratio: the loop's time over the suite's
+FLOPs at that peak. The suite runs as ``metrics=default`` does (no reference cache, no FID; ``--fid`` adds FID to
+both paths). With ``--reference-cache-mb > 0`` a second suite with the reference-feature cache is timed on a first
+evaluation (misses: hashing + networks) and a second one of the same references (hits), labelled as such: on a CPU
+the hits pay, on a fast GPU hashing the references costs more than the networks.
 """
 
 from __future__ import annotations
@@ -85,12 +86,13 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
     from mmgt.metrics.frechet import frechet_distance_from_features
-    from mmgt.metrics.i3d import video_to_clips
+    from mmgt.metrics.i3d import resize_frames
     from mmgt.metrics.syncnet import HOP, WINDOW, crop_faces, mfcc
     from mmgt.metrics.video import to_unit
 
     m = suite.metrics
     lp, i3d, sync = m["lpips"].__dict__["_net"], m["fvd"].__dict__["_net"], m["sync"].__dict__["_net"]
+    fvd_metric, vshift = m["fvd"], m["sync"].vshift
     dev = gen.device
     psnr, ssim, lpips_v, gen_f, ref_f, confs, fid_g, fid_r = [], [], [], [], [], [], [], []
     with torch.no_grad():
@@ -110,9 +112,9 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
             lpips_v.append(np.mean(ls))
             with parts("fvd"):
                 for video, store in ((gen[b:b + 1], gen_f), (ref[b:b + 1], ref_f)):
-                    for clip in video_to_clips(video, 16):
-                        c = torch.nn.functional.interpolate(to_unit(clip), size=(224, 224), mode="bilinear")
-                        store.append(i3d((c * 2 - 1).transpose(0, 1)[None]).double().cpu())
+                    for clip in fvd_metric.clips_of(video):  # the protocol's clips (videogpt: every 16 frames)
+                        c = resize_frames(to_unit(clip) * 2 - 1, fvd_metric.resize, fvd_metric.resize_grid)
+                        store.append(i3d(c.transpose(0, 1)[None]).double().cpu())
             if "fid" in m:  # Inception one frame at a time (uint8, as the suite feeds it)
                 with parts("fid"):
                     net = m["fid"].__dict__["_net"]
@@ -132,8 +134,9 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
                     v_emb.append(sync.forward_lip(crops[i:i + WINDOW].transpose(0, 1)[None]))
                     a_emb.append(sync.forward_aud(cc[None, None, :, 4 * i:4 * i + 20]))
                 v, a = torch.cat(v_emb).cpu(), torch.cat(a_emb).cpu()
-                padded = torch.nn.functional.pad(a, (0, 0, 15, 15))
-                dists = [torch.nn.functional.pairwise_distance(v[[i]].repeat(31, 1), padded[i:i + 31])
+                win = 2 * vshift + 1
+                padded = torch.nn.functional.pad(a, (0, 0, vshift, vshift))
+                dists = [torch.nn.functional.pairwise_distance(v[[i]].repeat(win, 1), padded[i:i + win])
                          for i in range(len(v))]
                 mdist = torch.stack(dists, 1).mean(1)
                 confs.append(float(torch.median(mdist) - mdist.min()))
@@ -142,7 +145,7 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
         fvd = frechet_distance_from_features(torch.cat(gen_f), torch.cat(ref_f))
         fid = frechet_distance_from_features(torch.cat(fid_g), torch.cat(fid_r)) if fid_g else float("nan")
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lpips": float(np.mean(lpips_v)),
-            "fvd": fvd, "sync_c": float(np.mean(confs)), "fid": fid}
+            "fvd": fvd, "kpsync_conf": float(np.mean(confs)), "fid": fid}
 
 
 def _best(runs: list[Parts]) -> dict[str, float]:
@@ -163,7 +166,7 @@ def main() -> None:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--videos", type=int, default=2)
-    ap.add_argument("--frames", type=int, default=32)
+    ap.add_argument("--frames", type=int, default=40, help="per video (the sync monitor needs >= 35 at ±15)")
     ap.add_argument("--size", type=int, default=128)
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--weights-dir", default=None)
@@ -194,7 +197,7 @@ def main() -> None:
     n_frames = args.videos * args.frames
 
     for s in (suite, cached) if cached is not None else (suite,):  # warm-up (lazy device moves, kernels)
-        s.update(gen[:1, :16], ref[:1, :16], audio=audio[:1, : 16 * 640])
+        s.update(gen[:1], ref[:1], audio=audio[:1])
     peak = matmul_peak(dev)
     suite_runs, loop_runs, miss_runs, warm_runs = [], [], [], []
     for _ in range(max(1, args.repeats)):  # alternate, so a busy spell on a shared machine hits both
@@ -262,7 +265,7 @@ def main() -> None:
             line += (f"  ({fw / 1e9:.1f} GFLOP, {100 * fw / tw['total'] / 1e9 / peak:.1f}% of peak; bound "
                      f"{tl['total'] / (fw / 1e9 / peak):.2f}x)")
         print(line)
-    for k in ("psnr", "ssim", "lpips", "fvd", "sync_c", "fid")[: 6 if args.fid else 5]:
+    for k in ("psnr", "ssim", "lpips", "fvd", "kpsync_conf", "fid")[: 6 if args.fid else 5]:
         key = next(n for n in batched if n.startswith(k))
         print(f"  {key:22s} suite {batched[key]:.5f}  loop {looped[k]:.5f}")
 
