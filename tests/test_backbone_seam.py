@@ -56,12 +56,11 @@ def names_hash(names) -> str:
 
 
 def make_batch(b: int = 2, n: int = 3, seed: int = 0) -> dict:
-    """A random stage-2 batch of 32x32 frames (16x16 latents with the tiny pixel codec), masks at two levels."""
+    """A random stage-2 batch of 32x32 frames (16x16 latents with the tiny pixel codec), masks at one size."""
     g = torch.Generator().manual_seed(seed)
     masks = torch.rand(b, 3, n, 16, 16, generator=g)
     return dict(frames=torch.rand(b, n, 3, 32, 32, generator=g) * 2 - 1,
                 pose_images=torch.rand(b, n, 3, 32, 32, generator=g), masks=masks,
-                mask_pyramid=[masks, masks[..., ::2, ::2].clone()],
                 ref_frame=torch.rand(b, 3, 32, 32, generator=g) * 2 - 1,
                 audio_emb=torch.randn(b, n, 5, 2, 8, generator=g))
 
@@ -96,7 +95,7 @@ def fit_one_step(m: VideoModule, out: Path, frames: int) -> dict:
 
         def __getitem__(self, i: int) -> dict:
             b = make_batch(1, frames, seed=i)
-            return {k: [x[0] for x in v] if k == "mask_pyramid" else v[0] for k, v in b.items()}
+            return {k: v[0] for k, v in b.items()}
 
     dl = lambda: torch.utils.data.DataLoader(Data(), batch_size=2)  # noqa: E731
     trainer = L.Trainer(max_steps=1, accelerator="cpu", logger=False, enable_checkpointing=False,
@@ -183,8 +182,8 @@ def test_attention_config_errors_name_the_key() -> None:
         VideoNet(VIDEO_NET, (5, 2, 8), {"type": "mmhaa"})
     with pytest.raises(ValueError, match="branch_weights has 2 values"):
         VideoNet(VIDEO_NET, (5, 2, 8), {**base, "branch_weights": [1.0, 1.0]}, mask_branches=3)
-    with pytest.raises(ValueError, match="selects no attention site"):
-        VideoNet(VIDEO_NET, (5, 2, 8), {**base, "blocks": ["down.7"]})  # the tiny UNet has two down blocks
+    with pytest.raises(ValueError, match="selects no attention site"):  # the tiny UNet has two down blocks
+        VideoNet(VIDEO_NET, (5, 2, 8), {**base, "blocks": ["down.7"]}, mask_branches=3)
 
 
 def test_class_paths_from_configs_are_checked_before_import() -> None:
@@ -227,8 +226,7 @@ def test_toy_attention_variant_from_config_trains_and_samples(tmp_path: Path) ->
     assert {"val/psnr", "val/loss"} <= set(metrics) and all(torch.isfinite(torch.tensor(v)) for v in metrics.values())
     assert all(float(b.gate.detach().abs().max()) > 0 for b in net.audio_modules.values())  # trained: the gates opened
     assert (gen(batch) - gen(silent)).abs().max() > 1e-5  # the audio now moves the samples
-    no_masks = {**batch, "masks": torch.zeros_like(batch["masks"]),
-                "mask_pyramid": [torch.zeros_like(x) for x in batch["mask_pyramid"]]}
+    no_masks = {**batch, "masks": torch.zeros_like(batch["masks"])}
     torch.testing.assert_close(gen(no_masks), gen(silent))  # region masks gate the bias
 
 

@@ -52,7 +52,7 @@ def corpus_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _dm(root: Path, stage: str = "smga", **kw) -> PATSDataModule:
-    args = {"window": 20, "stride": 5, "batch_size": 4, "n_frames": 4, "latent_downsample": 4,
+    args = {"window": 20, "stride": 5, "batch_size": 4, "n_frames": 4, "mask": {"cell": 4},
             "progress": False}
     args.update(kw)
     dm = PATSDataModule(root, stage, **args)
@@ -211,8 +211,7 @@ def test_stage2_batch_contract(corpus_root: Path) -> None:
     k = batch["masks"].shape[1]
     assert batch["masks"].shape == (b, k, n, h, h) and batch["masks"].dtype == torch.float32
     assert batch["masks"].min() >= 0 and batch["masks"].max() <= 1
-    assert isinstance(batch["mask_pyramid"], list) and len(batch["mask_pyramid"]) == 4
-    assert batch["mask_pyramid"][0].shape[:3] == (b, k, n)
+    assert "mask_pyramid" not in batch  # one size: the model resizes the masks
     assert batch["ref_frame"].shape == (b, 3, SIZE, SIZE)
     assert batch["audio_emb"].shape == (b, n, 5, 2, 32) and batch["audio_emb"].dtype == torch.float32
     assert batch["keypoints"].shape == (b, n, 134, 3) and batch["audio"].shape == (b, n * HOP)
@@ -233,12 +232,12 @@ def test_stage2_batch_contract(corpus_root: Path) -> None:
 
 
 def test_stage2_single_frame_resized(corpus_root: Path) -> None:
-    dm = _dm(corpus_root, "video", n_frames=1, image_size=16, latent_downsample=2, mask_levels=2)
+    dm = _dm(corpus_root, "video", n_frames=1, image_size=16, mask={"cell": 2})
     dm.setup("fit")
     assert dm.frame_size == (16, 16)
     batch = next(iter(dm.train_dataloader()))
     assert batch["frames"].shape == (4, 1, 3, 16, 16) and batch["ref_frame"].shape == (4, 3, 16, 16)
-    assert batch["masks"].shape[2:] == (1, 8, 8) and len(batch["mask_pyramid"]) == 2
+    assert batch["masks"].shape[2:] == (1, 8, 8)
     corpus = Corpus(corpus_root)
     rec, s = corpus[batch["clip_id"][0]], int(batch["start"][0])
     kp = corpus.load_keypoints(rec)[s:s + 1]

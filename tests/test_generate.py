@@ -43,8 +43,8 @@ VIDEO_NET = dict(
     pose_guider=dict(channels=[8, 8, 16]), audio_proj=dict(hidden_dim=32, tokens=3, dim=16),
     audio_attention=dict(heads=2),
 )
-VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
-                  mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
+VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0,
+                  audio_context=2, mask=MaskConfig(cell=4).to_dict())
 # few DDIM steps: tests check plumbing, not quality
 FAST = Sampling(PoseSampling(steps=2), VideoSampling(steps=2, guidance=1.5))
 FLAT = dict(pose_steps=2, steps=2, guidance=1.5)  # the same as the earlier flat keywords (the notebook passes them)
@@ -369,17 +369,14 @@ def test_generation_conditions_equal_training_batches(pipe, synthetic_corpus) ->
     from mmgt.data.datamodule import PATSDataModule
 
     dm = PATSDataModule(synthetic_corpus, "video", n_frames=4, stride=8, batch_size=2, image_size=32,
-                        latent_downsample=4, mask_levels=2, mask=MaskConfig().to_dict(), progress=False)
+                        mask=MaskConfig(cell=4).to_dict(), progress=False)
     dm.prepare_data()
     dm.setup("validate")
     batch = next(iter(dm.val_dataloader()))
     for i in range(2):
         images, masks = pipe.conditions(batch["keypoints"][i].numpy())
         assert torch.allclose(images, batch["pose_images"][i], atol=1e-6)
-        assert torch.allclose(masks["masks"], batch["masks"][i], atol=1e-6)
-        assert len(masks["pyramid"]) == len(batch["mask_pyramid"]) == 2
-        for got, want in zip(masks["pyramid"], batch["mask_pyramid"], strict=True):
-            assert torch.allclose(got, want[i], atol=1e-6)
+        assert masks.shape == batch["masks"][i].shape and torch.allclose(masks, batch["masks"][i], atol=1e-6)
 
 
 def test_sampling_options_are_typed_and_merged_once(pipe, assets) -> None:

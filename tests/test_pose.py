@@ -14,10 +14,7 @@ from mmgt.pose.masks import (
     MaskConfig,
     RegionMaskBuilder,
     gaussian_kernel_size,
-    mask_pyramid,
-    official_mask_pyramid,
     official_soft_masks,
-    pyramid_sizes,
     rasterize_boxes,
     region_boxes,
 )
@@ -275,24 +272,23 @@ def test_padding_grows_boxes() -> None:
 def test_union_covers_every_frame_and_none_is_ones() -> None:
     kp = make_keypoints(6)
     common = dict(branches={"face": "face", "lips": "lips", "hands": "hands"}, blur={})
-    boxes = RegionMaskBuilder(MaskConfig(mode="boxes", **common))(kp, (64, 64))["masks"]
-    union = RegionMaskBuilder(MaskConfig(mode="union", **common))(kp, (64, 64))["masks"]
+    boxes = RegionMaskBuilder(MaskConfig(mode="boxes", **common))(kp, (64, 64), (64, 64))
+    union = RegionMaskBuilder(MaskConfig(mode="union", **common))(kp, (64, 64), (64, 64))
     assert union.shape == boxes.shape == (3, 6, 64, 64)
     assert (union >= boxes).all()
     assert (union == union[:, :1]).all()  # static over the clip
     assert (union.sum((-1, -2)) > boxes.sum((-1, -2))).any()  # the moving hands/lips make it strictly larger
-    none = RegionMaskBuilder(MaskConfig(mode="none", **common))(kp, (64, 64), (8, 8))
-    assert (none["masks"] == 1).all() and all((p == 1).all() for p in none["pyramid"])
+    none = RegionMaskBuilder(MaskConfig(mode="none", **common))(kp, (64, 64))
+    assert none.shape == (3, 6, 8, 8) and (none == 1).all()  # the default 8-px cell grid
 
 
 def test_empty_region_gives_zeros_not_nan() -> None:
     kp = make_keypoints(3)
     kp[1, list(LIPS), 2] = 0.0  # lips lost in one frame
     kp[2, :, 2] = 0.0  # nobody in the last frame
-    out = RegionMaskBuilder(MaskConfig(branches={"face": "face", "lips": "lips", "full": "full"}))(
+    masks = RegionMaskBuilder(MaskConfig(branches={"face": "face", "lips": "lips", "full": "full"}))(
         kp, (64, 64), (16, 16))
-    masks = out["masks"]
-    assert torch.isfinite(masks).all() and all(torch.isfinite(p).all() for p in out["pyramid"])
+    assert torch.isfinite(masks).all()
     assert masks[1, 1].max() == 0 and masks[:2, 2].max() == 0
     assert masks[1, 0].max() == 1  # a present, blurred region is normalised to peak 1
     assert (masks[2] == 1).all()  # the whole frame stays ones
@@ -306,52 +302,35 @@ def test_soft_masks_in_unit_range() -> None:
     kp = make_keypoints(4)
     cfg = MaskConfig(branches={"full": "full", "face": "face", "lips": "lips", "hands": "hands", "bg": "background"},
                      blur={"face": 0.5, "lips": 0.33, "hands": 0.33, "background": 0.2})
-    masks = RegionMaskBuilder(cfg)(kp, (64, 64), (32, 32))["masks"]
+    masks = RegionMaskBuilder(cfg)(kp, (64, 64), (32, 32))
     assert masks.min() >= 0 and masks.max() <= 1
     for k in range(1, 5):
         peak = masks[k].amax((-1, -2))
         torch.testing.assert_close(peak, torch.ones_like(peak))
-    hard = RegionMaskBuilder(MaskConfig(branches={"face": "face"}, blur={}))(kp, (64, 64), (32, 32))["masks"]
+    hard = RegionMaskBuilder(MaskConfig(branches={"face": "face"}, blur={}))(kp, (64, 64), (32, 32))
     assert (masks[1] > 0).sum() > (hard[0] > 0).sum()  # blurring spreads the mask
     assert gaussian_kernel_size(31 / 64, 64) == 31 and gaussian_kernel_size(21 / 64, 64) == 21
     assert gaussian_kernel_size(0.5, 1) == 1
-
-
-@pytest.mark.parametrize(
-    ("latent", "expected"),
-    [((64, 64), [(64, 64), (32, 32), (16, 16), (8, 8)]), ((8, 6), [(8, 6), (4, 3), (2, 2), (1, 1)]),
-     ((12, 20), [(12, 20), (6, 10), (3, 5), (2, 3)])],
-)
-def test_pyramid_shapes(latent: tuple[int, int], expected: list[tuple[int, int]]) -> None:
-    assert pyramid_sizes(latent) == expected
-    masks = torch.rand(5, 24, 24)
-    levels = mask_pyramid(masks, latent, n_levels=4)
-    assert [tuple(p.shape) for p in levels] == [(5, *e) for e in expected]
-    assert all(p.min() >= 0 and p.max() <= 1 for p in levels)
-    # downsampling by area keeps the mean when the sizes divide
-    ones = mask_pyramid(torch.ones(2, 3, *latent), latent)
-    assert all((p == 1).all() for p in ones) and ones[0].shape == (2, 3, *latent)
 
 
 def test_builder_shapes_and_determinism() -> None:
     kp = make_keypoints(5, size=64)
     for branches in ({"full": "full", "face": "face"}, {"a": "hands", "b": "lips", "c": "face", "d": "body"}):
         builder = RegionMaskBuilder(MaskConfig(branches=branches))
-        out = builder(kp, (64, 64), latent_hw=(8, 6))
+        out = builder(kp, (64, 64), (8, 6))
         k = len(branches)
         assert builder.branch_names == tuple(branches)
-        assert out["masks"].shape == (k, 5, 8, 6) and out["masks"].dtype == torch.float32
-        assert [tuple(p.shape) for p in out["pyramid"]] == [(k, 5, 8, 6), (k, 5, 4, 3), (k, 5, 2, 2), (k, 5, 1, 1)]
-        # image-size masks when no latent size is given
-        assert builder(kp, (64, 64))["masks"].shape == (k, 5, 64, 64)
+        assert out.shape == (k, 5, 8, 6) and out.dtype == torch.float32
+        # the one size masks are delivered at: the mask config's cell grid
+        assert builder(kp, (64, 64)).shape == (k, 5, 8, 8)
+        assert RegionMaskBuilder(MaskConfig(branches=branches, cell=4))(kp, (64, 48)).shape == (k, 5, 16, 12)
     # train and generate call the very same function: equal inputs (numpy or torch, any builder of
     # the same config) give identical outputs
     cfg = {"mode": "boxes", "branches": {"full": "full", "face": "face", "lips": "lips"}}
     a = RegionMaskBuilder(cfg)(kp, (64, 64), (16, 16))
     b = RegionMaskBuilder(MaskConfig.from_dict(cfg))(torch.from_numpy(kp.copy()), (64, 64), (16, 16))
-    assert torch.equal(a["masks"], b["masks"])
-    assert all(torch.equal(p, q) for p, q in zip(a["pyramid"], b["pyramid"], strict=True))
-    assert (a["masks"][0] == 1).all()  # default "full" branch = whole frame
+    assert torch.equal(a, b)
+    assert (a[0] == 1).all()  # default "full" branch = whole frame
 
 
 def test_config_validation_and_hydra_files() -> None:
@@ -407,24 +386,23 @@ def test_official_face_plus_hands_wraps_to_254() -> None:
     assert sat.unique().tolist() == [0.0, 1.0] and sat[25, 25] == 1
 
 
-def test_official_pipeline_levels_and_one_plus_lips() -> None:
+def test_official_masks_on_the_blur_side_canvas_and_one_plus_lips() -> None:
     kp = make_keypoints(3, size=128)
-    out = RegionMaskBuilder(MaskConfig(**OFFICIAL))(kp, (128, 128), (12, 20), n_levels=4)
-    assert [tuple(p.shape) for p in out["pyramid"]] == [(3, 3, 12, 20), (3, 3, 6, 10), (3, 3, 3, 5), (3, 3, 1, 2)]
-    assert torch.equal(out["masks"], out["pyramid"][0])
-    for p in out["pyramid"]:
-        torch.testing.assert_close(p[0], 1.0 + p[2], rtol=0, atol=0)  # full = 1 + lips at every level
-    at_blur_side = RegionMaskBuilder(MaskConfig(**OFFICIAL))(kp, (128, 128), (64, 64))["masks"]
-    assert at_blur_side[1:].amax((-1, -2)).eq(1).all()  # level 0 at blur_side is the MIN-MAX mask: peak 1
+    builder = RegionMaskBuilder(MaskConfig(**OFFICIAL, blur_side=32))
+    out = builder(kp, (128, 96))
+    assert out.shape == (3, 3, 32, 32)  # the original's square canvas, whatever the frame
+    torch.testing.assert_close(out[0], 1.0 + out[2], rtol=0, atol=0)  # full = 1 + lips
+    assert out[1:].amax((-1, -2)).eq(1).all()  # the MIN-MAX mask: peak 1
+    assert torch.equal(torch.round(out[1:] * 255) / 255, out[1:])  # 8-bit levels
+    assert MaskConfig(**OFFICIAL).resize == "pil" and MaskConfig().resize == "area"
+    with pytest.raises(ValueError, match="blur_side canvas"):
+        builder(kp, (128, 96), (16, 12))
     # same routing in mmgt's own mode: 1 + the (blurred, normalised) lips mask
     boxes = RegionMaskBuilder(MaskConfig(branches={"full": "one_plus_lips", "lips": "lips"}))(kp, (128, 128), (16, 16))
-    torch.testing.assert_close(boxes["masks"][0], 1.0 + boxes["masks"][1], rtol=0, atol=0)
+    torch.testing.assert_close(boxes[0], 1.0 + boxes[1], rtol=0, atol=0)
 
 
-def test_official_blur_and_pyramid_helpers() -> None:
-    from PIL import Image
-    from torchvision import transforms
-
+def test_official_blur() -> None:
     boxes = np.zeros((2, 96, 96), np.uint8)
     boxes[0, 30:60, 20:50] = 255
     soft = official_soft_masks(boxes, 21, 64)
@@ -432,12 +410,7 @@ def test_official_blur_and_pyramid_helpers() -> None:
     assert soft[0].min() == 0 and soft[0].max() == 255 and not soft[1].any()  # empty stays empty
     sharp = official_soft_masks(boxes, 1, 64)
     assert (soft[0] > 0).sum() > (sharp[0] > 0).sum()  # the blur spreads the box
-    # the levels are torchvision's Resize((s, s)) (bilinear on PIL) + ToTensor, as the original's dataset
-    levels = official_mask_pyramid(soft, [(64, 64), (32, 32), (8, 8)])
-    for s, lvl in zip((64, 32, 8), levels, strict=True):
-        tf = transforms.Compose([transforms.Resize((s, s)), transforms.ToTensor()])
-        ref = torch.stack([tf(Image.fromarray(m))[0] for m in soft])
-        torch.testing.assert_close(lvl, ref, rtol=0, atol=0)
+
 
 
 def test_official_config_validation_and_presets() -> None:

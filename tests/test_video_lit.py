@@ -28,7 +28,7 @@ def make_batch(b: int = 2, n: int = 3, seed: int = 0) -> dict:
     masks = torch.rand(b, K, n, H // 4, W // 4, generator=g)
     return dict(frames=torch.rand(b, n, 3, H, W, generator=g) * 2 - 1,
                 pose_images=torch.rand(b, n, 3, H, W, generator=g),
-                masks=masks, mask_pyramid=[masks, masks[..., ::2, ::2].clone()],
+                masks=masks,
                 ref_frame=torch.rand(b, 3, H, W, generator=g) * 2 - 1,
                 audio_emb=torch.randn(b, n, 5, 2, 8, generator=g), keypoints=torch.rand(b, n, 134, 3, generator=g),
                 audio=torch.randn(b, n * 640, generator=g), clip_id=[f"c{i}" for i in range(b)],
@@ -219,8 +219,7 @@ class _Data(torch.utils.data.Dataset):
 
     def __getitem__(self, i: int) -> dict:
         b = make_batch(1, self.frames, seed=i)
-        return {k: (v[0] if torch.is_tensor(v) else [m[0] for m in v] if k == "mask_pyramid" else v[0])
-                for k, v in b.items()}
+        return {k: v[0] for k, v in b.items()}
 
 
 def _fit(m: VideoModule, out: Path, frames: int, steps: int = 2) -> Path:
@@ -291,7 +290,8 @@ def test_experiment_configs_compose(experiment: str, tmp_path: Path) -> None:
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose("train", overrides=over)
     assert cfg.data.stage == "video" and cfg.model.substage in ("a", "b")
-    assert cfg.data.latent_downsample == cfg.size.video.codec.get("factor", 8)
+    assert "latent_downsample" not in cfg.data and "mask_levels" not in cfg.data  # the data names no network fact
+    assert cfg.mask.cell == cfg.size.video.codec.get("factor", 8)  # masks on this codec's latent grid
     if experiment.endswith("_pats"):
         assert cfg.size.name == "full" and cfg.model.optim.lr == 1e-5 and cfg.data.image_size == 512
         if experiment == "video_stage_b_pats":
@@ -338,7 +338,7 @@ def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path) -> None:
 
     root = tmp_path / "moving"
     generate_corpus(root, n_speakers=2, clips_per_speaker=5, seconds=3.0, size=64, seed=0, sway=0.8, progress=False)
-    dm = PATSDataModule(root, "video", n_frames=1, image_size=16, latent_downsample=2, mask_levels=2,
+    dm = PATSDataModule(root, "video", n_frames=1, image_size=16, mask={"cell": 2},
                         batch_size=16, val_batch_size=16, stride=1, val_stride=9, progress=False,
                         num_workers=1)  # decoding overlaps the training step: ~0.3 instead of ~0.43 s per step
     dm.prepare_data()

@@ -195,15 +195,43 @@ def test_unet_config_refuses_unknown_keys_and_motion_norm_default() -> None:
     assert not any(isinstance(m, FrameGroupNorm) for m in build("none").modules())
 
 
-def test_mm_haa_requires_masks_and_mask_pyramid_levels() -> None:
+def test_mm_haa_requires_masks_and_resizes_them_per_resolution() -> None:
     net = build()
     x = inputs()
     with pytest.raises(ValueError, match="masks"):
         net(**{**x, "masks": None})
     m = torch.rand(1, 2, 3, 8, 12)
-    pyr = MaskPyramid([m, m[..., ::2, ::2].clone()])
-    assert torch.equal(pyr.at((4, 6)), m[..., ::2, ::2].permute(0, 2, 1, 3, 4).reshape(3, 2, 4, 6))  # exact level
-    assert pyr.at((2, 3)).shape == (3, 2, 2, 3)  # derived by area pooling from the nearest larger level
+    pyr = MaskPyramid(m)
+    frames = m.permute(0, 2, 1, 3, 4).reshape(3, 2, 8, 12)
+    assert torch.equal(pyr.at((8, 12)), frames)  # the given size as it is
+    # area: each cell is the mean of the block it covers (computed independently by reshaping)
+    torch.testing.assert_close(pyr.at((4, 6)), frames.reshape(3, 2, 4, 2, 6, 2).mean((3, 5)))
+    torch.testing.assert_close(pyr.at((2, 3)), frames.reshape(3, 2, 2, 4, 3, 4).mean((3, 5)))
+    assert pyr.at((16, 24)).shape == (3, 2, 16, 24)  # growing: bilinear
+    exact = MaskPyramid([m, torch.zeros(1, 2, 3, 4, 6)])  # exact levels (the original's own pyramid) win
+    assert (exact.at((4, 6)) == 0).all()
+    with pytest.raises(ValueError, match="resize mode"):
+        MaskPyramid(m, "nearest")
+
+
+def test_pil_mask_resize_is_the_originals_torchvision_resize() -> None:
+    """resize="pil": what the original's dataset did to its uint8 masks (torchvision Resize on PIL + ToTensor), for
+    8-bit levels and for its "1 + lips" masks (values in [1, 2]), shrinking and growing, non-square."""
+    from PIL import Image
+    from torchvision import transforms
+
+    g = torch.Generator().manual_seed(0)
+    u8 = torch.randint(0, 256, (2, 3, 4, 20, 20), generator=g, dtype=torch.uint8)
+    u8[:, 0] = 0  # an empty mask stays empty
+    masks = u8.float() / 255
+    masks[:, 1] += 1.0  # a "1 + lips" branch
+    pyr = MaskPyramid(masks, "pil")
+    for size in ((10, 10), (5, 5), (7, 13), (32, 24)):
+        tf = transforms.Compose([transforms.Resize(size), transforms.ToTensor()])
+        want = torch.stack([tf(Image.fromarray(f.numpy()))[0] for f in u8.permute(0, 2, 1, 3, 4).reshape(-1, 20, 20)])
+        want = want.reshape(8, 3, *size)
+        want[:, 1] += 1.0
+        torch.testing.assert_close(pyr.at(size), want, rtol=0, atol=1e-6)
 
 
 def test_stage_groups_and_trainable() -> None:

@@ -19,5 +19,5 @@ def video_info() -> dict:
     """Data info of a 32-px, 2-level, 3-branch video model (a function: MaskConfig imports the pose package)."""
     from mmgt.pose.masks import MaskConfig
 
-    return dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0, latent_downsample=4,
-                mask_levels=2, audio_context=2, mask=MaskConfig().to_dict())
+    return dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0,
+                audio_context=2, mask=MaskConfig(cell=4).to_dict())

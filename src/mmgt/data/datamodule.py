@@ -78,8 +78,8 @@ class PATSDataModule(L.LightningDataModule):
     3.2 s in the paper); ``stride`` training window spacing (starts are drawn at random within it);
     ``val_stride`` evaluation spacing (default: ``max(stride, window)``, non-overlapping); ``n_frames`` stage-2
     frames per sample; ``image_size`` stage-2 frame size (int or [H, W]; None = the corpus size);
-    ``latent_downsample`` VAE factor (masks are built at image size / this); ``mask_levels`` mask pyramid levels;
-    ``mask`` MaskConfig fields; ``stage1_features`` / ``stage2_features`` kwargs of
+    ``mask`` MaskConfig fields (masks are delivered at the one size it states; models resize them);
+    ``stage1_features`` / ``stage2_features`` kwargs of
     :class:`~mmgt.data.audio_features.Stage1Features` / :class:`~mmgt.data.audio_features.Wav2VecFeatures`;
     ``synthetic`` ``{generate_if_missing, **ensure_corpus kwargs}`` or None; ``audio_context`` wav2vec window
     radius (2 -> 5 frames); ``pose_margin`` / ``legacy_pose_norm`` the :class:`PoseNormalizer` settings;
@@ -98,8 +98,6 @@ class PATSDataModule(L.LightningDataModule):
         num_workers: int = 0,
         n_frames: int = 12,
         image_size: int | list[int] | tuple[int, int] | None = None,
-        latent_downsample: int = 8,
-        mask_levels: int = 4,
         mask: Any = None,
         stage1_features: Mapping[str, Any] | None = None,
         stage2_features: Mapping[str, Any] | None = None,
@@ -119,8 +117,7 @@ class PATSDataModule(L.LightningDataModule):
         if stage not in STAGES:
             raise ValueError(f"data.stage must be one of {STAGES}, got {stage!r}")
         for name, value in (("window", window), ("stride", stride), ("batch_size", batch_size),
-                            ("n_frames", n_frames), ("latent_downsample", latent_downsample),
-                            ("mask_levels", mask_levels)):
+                            ("n_frames", n_frames)):
             if int(value) < 1:
                 raise ValueError(f"data.{name} must be >= 1, got {value}")
         self.root = Path(root)
@@ -131,7 +128,6 @@ class PATSDataModule(L.LightningDataModule):
         self.val_batch_size = int(val_batch_size) if val_batch_size else self.batch_size
         self.num_workers = int(num_workers)
         self.image_size = _size_pair(image_size)
-        self.latent_downsample, self.mask_levels = int(latent_downsample), int(mask_levels)
         self.mask = _plain_mask(mask)
         self.stage1_kwargs = _plain_dict(stage1_features, "stage1_features") or {}
         self.stage2_kwargs = _plain_dict(stage2_features, "stage2_features") or {}
@@ -148,7 +144,7 @@ class PATSDataModule(L.LightningDataModule):
             "root": str(self.root), "stage": stage, "window": self.window, "stride": self.stride,
             "batch_size": self.batch_size, "val_batch_size": self.val_batch_size, "num_workers": self.num_workers,
             "n_frames": self.n_frames, "image_size": list(self.image_size) if self.image_size else None,
-            "latent_downsample": self.latent_downsample, "mask_levels": self.mask_levels, "mask": self.mask,
+            "mask": self.mask,
             "stage1_features": self.stage1_kwargs, "stage2_features": self.stage2_kwargs,
             "synthetic": self.synthetic, "progress": self.progress, "val_stride": self.val_stride,
             "audio_context": self.audio_context, "pose_margin": self.pose_margin,
@@ -257,11 +253,6 @@ class PATSDataModule(L.LightningDataModule):
         layers, dim = ext.feature_shape
         return (2 * self.audio_context + 1, int(layers), int(dim))
 
-    @property
-    def latent_size(self) -> tuple[int, int]:
-        h, w = self.frame_size
-        return (h // self.latent_downsample, w // self.latent_downsample)
-
     def info(self) -> dict[str, Any]:
         """Plain dict of what models need to size themselves (no tensors, no objects)."""
         h, w = self.frame_size
@@ -278,9 +269,6 @@ class PATSDataModule(L.LightningDataModule):
             "n_speakers": len(self.speakers),
             "normalizer": {"width": self.normalizer.width, "height": self.normalizer.height,
                            "margin": self.pose_margin, "legacy": self.legacy_pose_norm},
-            "latent_downsample": self.latent_downsample,
-            "latent_size": self.latent_size,
-            "mask_levels": self.mask_levels,
             "audio_context": self.audio_context,
             # the other stage's extractor may need pretrained weights that are not installed: only the active one
             "audio_feature_dim": self.audio_feature_dim if self.stage == "smga" else None,
@@ -308,10 +296,6 @@ class PATSDataModule(L.LightningDataModule):
             sizes = {(r.height, r.width) for r in self.corpus.records}
             if len(sizes) > 1:
                 raise CorpusError(f"{self.root}: clips have different frame sizes {sorted(sizes)}; set data.image_size")
-        h, w = self.frame_size
-        if self.stage == "video" and (h % self.latent_downsample or w % self.latent_downsample):
-            raise ValueError(f"data.image_size {h}x{w} is not divisible by data.latent_downsample="
-                             f"{self.latent_downsample}")
         for split in SPLITS_FOR.get(stage, SPLITS_FOR[None]):
             if split not in self.datasets:
                 self.datasets[split] = self._make_dataset(split)
@@ -339,8 +323,7 @@ class PATSDataModule(L.LightningDataModule):
                                                   pose_margin=self.pose_margin,
                                                   legacy_pose_norm=self.legacy_pose_norm, **common)
         else:
-            conditions = ConditionProcessor(self.mask_builder, self.latent_downsample, self.mask_levels,
-                                            self.pose_render)
+            conditions = ConditionProcessor(self.mask_builder, self.pose_render)
             ds = VideoWindowDataset(self.corpus, records, self.n_frames, self.stride, image_size=self.image_size,
                                     conditions=conditions, audio_context=self.audio_context, **common)
         if len(ds) == 0:

@@ -227,7 +227,7 @@ class VideoWindowDataset(WindowDataset):
     """Stage-2 windows: N consecutive frames, their pose images and region masks, a reference frame, audio windows.
 
     Item: ``frames (N, 3, H, W)`` in [-1, 1], ``pose_images (N, 3, H, W)`` in [0, 1], ``masks (K, N, h, w)`` at the
-    latent size, ``mask_pyramid`` (list of ``(K, N, h_l, w_l)``), ``ref_frame (3, H, W)`` in [-1, 1] (a random
+    mask config's one size (the model resizes them), ``ref_frame (3, H, W)`` in [-1, 1] (a random
     frame of the clip in training, frame 0 otherwise), ``audio_emb (N, 2r+1, L, D)`` (cached wav2vec hidden states
     of frames ``i-r .. i+r``, clamped at the clip ends), ``keypoints (N, 134, 3)`` pixels of the served size,
     ``audio (N * HOP,)``, ``clip_id``, ``start``, ``speaker``, ``frame_size (2,)``.
@@ -278,7 +278,7 @@ class VideoWindowDataset(WindowDataset):
 
 
 def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors, keep strings as lists, ints -> int64 tensors, lists of tensors (mask pyramid) per level."""
+    """Stack tensors, keep strings as lists, ints/bools/floats -> tensors."""
     if not items:
         raise ValueError("collate_windows: empty batch")
     out: dict[str, Any] = {}
@@ -286,8 +286,6 @@ def collate_windows(items: list[dict[str, Any]]) -> dict[str, Any]:
         vals = [it[key] for it in items]
         if isinstance(first, torch.Tensor):
             out[key] = torch.stack(vals)
-        elif isinstance(first, list | tuple) and first and isinstance(first[0], torch.Tensor):
-            out[key] = [torch.stack([v[level] for v in vals]) for level in range(len(first))]
         elif isinstance(first, bool):
             out[key] = torch.tensor(vals, dtype=torch.bool)
         elif isinstance(first, int):

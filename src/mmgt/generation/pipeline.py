@@ -253,10 +253,10 @@ class GesturePipeline:
         # 5. prepare latents, 6. denoise (context windows), 7. decode
         if latents is None:
             latents = self.prepare_latents(n, generator)
-        video = self.denoise(frame, pose_images, masks["pyramid"], emb, latents, video_opts, generator)
+        video = self.denoise(frame, pose_images, masks, emb, latents, video_opts, generator)
         frames = ((video[0].float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1)
         seconds["video"] = time.perf_counter() - t
-        return GestureOutput(frames.cpu().numpy(), kp, pose_images, masks["masks"], seconds)
+        return GestureOutput(frames.cpu().numpy(), kp, pose_images, masks, seconds)
 
     # ----------------------------------------------------------------------------------------------- the steps
     def check_branch_weights(self, weights: Sequence[float] | None) -> None:
@@ -286,8 +286,8 @@ class GesturePipeline:
                                   "the SMGA checkpoint or the audio features are broken")
         return scale_keypoints(px, norm_hw, self.frame_size)
 
-    def conditions(self, keypoints: np.ndarray) -> tuple[torch.Tensor, dict[str, Any]]:
-        """Pose images (T, 3, H, W) in [0, 1] and region masks (``{"masks", "pyramid"}``) of the video frames,
+    def conditions(self, keypoints: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pose images (T, 3, H, W) in [0, 1] and region masks (K, T, h, w) at the mask config's size,
         built by the same :class:`~mmgt.pose.conditioning.ConditionProcessor` as the training dataset."""
         proc = self.conditions_processor
         return proc.pose_images(keypoints, self.frame_size), proc.masks(keypoints, self.frame_size)
@@ -309,12 +309,12 @@ class GesturePipeline:
                            dtype=torch.float32)
 
     @torch.no_grad()
-    def denoise(self, ref: np.ndarray, pose_images: torch.Tensor, masks: Sequence[torch.Tensor],
+    def denoise(self, ref: np.ndarray, pose_images: torch.Tensor, masks: torch.Tensor,
                 audio_emb: torch.Tensor | None, latents: torch.Tensor, sampling: VideoSampling,
                 generator: torch.Generator | None = None) -> torch.Tensor:
-        """Stage 2: (1, T, 3, H, W) frames in [-1, 1] from the reference frame (H, W, 3) uint8, pose images, mask
-        pyramid levels (K, T, h, w), audio windows and the initial latents, with context windows over the full
-        length (:class:`~mmgt.models.video.VideoSampler` denoises and decodes)."""
+        """Stage 2: (1, T, 3, H, W) frames in [-1, 1] from the reference frame (H, W, 3) uint8, pose images,
+        region masks (K, T, h, w) (the network resizes them), audio windows and the initial latents, with context
+        windows over the full length (:class:`~mmgt.models.video.VideoSampler` denoises and decodes)."""
         from mmgt.models.video import VideoSampler, context_windows
 
         net, dev = self.video_net, self.device
@@ -322,7 +322,7 @@ class GesturePipeline:
         ref_t = normalise_frames(ref[None], tuple(ref.shape[:2])).to(dev)
         pose = pose_images[None].to(dev)
         aud = audio_emb[None].to(dev) if audio_emb is not None else None
-        msk = [m[None].to(dev) for m in masks] if net.masked and aud is not None else None
+        msk = masks[None].to(dev) if net.masked and aud is not None else None
         n = pose.shape[1]
         total = sampler.steps * len(context_windows(n, sampler.context_frames, sampler.context_overlap))
         bw = list(sampling.branch_weights) if sampling.branch_weights is not None else None

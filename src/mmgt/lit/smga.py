@@ -228,7 +228,11 @@ class SMGAModule(ResumableTraining, L.LightningModule):
         gt_img = render_pose(gt_px, *canvas, scale=scale)
         gen_img = render_pose(gen_px, *canvas, scale=scale)
         builder = RegionMaskBuilder(v["masks"])
-        masks = builder(gen_px, (h, w), canvas, n_levels=1)["masks"].clamp(0, 1).numpy()  # (K, N, H, W)
+        official = builder.cfg.mode == "official"  # its masks live on the blur_side canvas only
+        masks = builder(gen_px, (h, w), None if official else canvas).clamp(0, 1)  # (K, N, H, W)
+        if tuple(masks.shape[-2:]) != canvas:
+            masks = torch.nn.functional.interpolate(masks, size=canvas, mode="bilinear", align_corners=False)
+        masks = masks.numpy()
         overlay = gen_img.astype(np.float32) * 0.5
         for i in range(min(3, masks.shape[0])):
             overlay[..., i] = np.maximum(overlay[..., i], masks[i] * 255.0)

@@ -40,6 +40,7 @@ from torch import nn
 
 from mmgt import checkpoints
 from mmgt.data.corpus import HOP
+from mmgt.lit import lean
 from mmgt.lit.config import (
     NoiseScheduleConfig,
     ValidationConfig,
@@ -52,6 +53,7 @@ from mmgt.lit.ema import EMA
 from mmgt.lit.optim import configure_optimizers, legacy_video_optim
 from mmgt.lit.resume import ResumableTraining
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
+from mmgt.pose.masks import MaskConfig
 from mmgt.utils.config import to_plain
 
 log = logging.getLogger(__name__)
@@ -159,8 +161,15 @@ class VideoModule(ResumableTraining, L.LightningModule):
         att, info = hp["attention"], hp["data_info"]
         audio_shape = info.get("audio_embed_shape") or att.get("audio_embed_shape")
         # the attention config names its variant class (mmgt.models.video.attention), which checks branch_weights
+        mask_resize = MaskConfig.from_dict(info["mask"]).resize if info.get("mask") else "area"
         self.net = VideoNet(hp["net"], audio_shape, {k: v for k, v in att.items() if k != "audio_embed_shape"},
-                            load_weights=hp["load_weights"], key="size.video", mask_branches=info.get("num_branches"))
+                            load_weights=hp["load_weights"], key="size.video", mask_branches=info.get("num_branches"),
+                            mask_resize=mask_resize)
+        frame = info.get("frame_size")
+        factor = self.net.codec.factor
+        if frame and (int(frame[0]) % factor or int(frame[1]) % factor):
+            raise ValueError(f"data.image_size {frame[0]}x{frame[1]} is not divisible by the codec's factor {factor} "
+                             "(size.video.codec)")
         self.branch_weights = att.get("branch_weights")
         bad = [g for g in hp["init_exclude"] if g not in self.net.parameter_groups()]
         if bad:
@@ -244,7 +253,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
         """Network conditions of a batch; stage A uses one frame and no audio."""
         frames, pose = batch["frames"], batch["pose_images"]
         audio = batch.get("audio_emb") if self.substage == "b" and self.net.audio_proj is not None else None
-        masks = batch.get("mask_pyramid") or batch.get("masks")
+        masks = batch.get("masks")
         if self.substage == "a" and frames.shape[1] != 1:  # sub-stage A trains an image model: one frame per sample
             frames, pose = frames[:, :1], pose[:, :1]
         if audio is None or not self.net.masked:  # masks only gate audio branches (mm_haa)
@@ -403,7 +412,12 @@ class VideoModule(ResumableTraining, L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoints.stamp(checkpoint, "video", substage=self.substage)
+        lean.prune(self, checkpoint)  # frozen parts with a source file are recorded, not saved (mmgt.lit.lean)
         super().on_save_checkpoint(checkpoint)  # the training seed (mmgt.lit.resume)
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        lean.restore_for_resume(self, checkpoint)  # a lean checkpoint's frozen parts: this module's own, verified
+        super().on_load_checkpoint(checkpoint)
 
     def inference_view(self) -> VideoModule:
         """Copy the EMA averages into the trainable parameters and drop the EMA: the module as generation and

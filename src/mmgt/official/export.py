@@ -106,8 +106,7 @@ def video_module(conv: Conversion, vae: str | Path | None, image_encoder: str | 
     if frame_size % (factor * 2 ** (len(net["unet"]["block_out_channels"]) - 1)):
         raise ConversionError(f"frame_size={frame_size} must be divisible by the UNet's total downsampling")
     mask = official_mask()
-    info = {**hp["data_info"], "frame_size": [frame_size, frame_size], "fps": 25.0, "latent_downsample": factor,
-            "mask_levels": len(net["unet"]["block_out_channels"]), "audio_context": 2, "mask": mask,
+    info = {**hp["data_info"], "frame_size": [frame_size, frame_size], "fps": 25.0, "audio_context": 2, "mask": mask,
             "mask_branches": list(mask["branches"]), "pose_render": {"style": "official"}}
     module = VideoModule(net, attention=hp["attention"], loss=hp["loss"], substage="b", scheduler=hp["scheduler"],
                          sampling=hp["sampling"], ema={"enabled": False}, data_info=info, load_weights=True)

@@ -11,7 +11,7 @@ from typing import Any
 _EXPORTS = {
     "FACE": "layout", "GROUPS": "layout", "HANDS": "layout", "LIPS": "layout", "NUM_KEYPOINTS": "layout",
     "POSE_DIM": "layout", "PoseNormalizer": "layout", "group_mask": "layout", "visibility": "layout",
-    "MaskConfig": "masks", "RegionMaskBuilder": "masks", "mask_pyramid": "masks", "pyramid_sizes": "masks",
+    "MaskConfig": "masks", "RegionMaskBuilder": "masks",
     "render_pose": "render",
 }
 __all__ = sorted(_EXPORTS)

@@ -2,7 +2,7 @@
 dataset and the generation pipeline (so generation can never drift from training).
 
 What it derives: pose images ``(T, 3, H, W)`` in [0, 1] (:func:`mmgt.pose.render.render_pose` with the configured
-drawing style), region masks at the latent size and their pyramid (:class:`mmgt.pose.masks.RegionMaskBuilder`), and
+drawing style), region masks at one size (:class:`mmgt.pose.masks.RegionMaskBuilder`), and
 normalised frames ``(T, 3, H, W)`` in [-1, 1]. Keypoints are pixel ``x, y`` of the frame they are drawn on, in the
 pixel-corner convention (pixel ``i`` covers ``[i, i + 1)``, its centre is ``i + 0.5``): :func:`scale_keypoints` maps
 them between frame sizes (``x * W_new / W_old``, the map the frames' resize applies to their edges) and
@@ -88,17 +88,15 @@ class ConditionProcessor:
     """Pose images and region masks of pixel keypoints, as both the dataset and the pipeline need them.
 
     Args:
-        mask: a :class:`~mmgt.pose.masks.MaskConfig`, its dict, or a built :class:`RegionMaskBuilder`.
-        latent_factor: pixels per latent cell (the codec's factor): masks are built at the latent size.
-        mask_levels: levels of the mask pyramid (one per UNet resolution the audio attention runs at).
+        mask: a :class:`~mmgt.pose.masks.MaskConfig`, its dict, or a built :class:`RegionMaskBuilder`. Masks are
+            built at the one size the mask config states (:meth:`MaskConfig.mask_size`); the video model resizes
+            them to its attention resolutions.
         render: :func:`render_pose` settings (``style``: ``mmgt`` | ``official``, ``legacy_hand_colors``,
             ``drop_legs``, ``threshold``); unknown keys are refused.
     """
 
-    def __init__(self, mask: Any = None, latent_factor: int = 8, mask_levels: int = 4,
-                 render: Mapping[str, Any] | None = None) -> None:
+    def __init__(self, mask: Any = None, render: Mapping[str, Any] | None = None) -> None:
         self.mask_builder = mask if isinstance(mask, RegionMaskBuilder) else RegionMaskBuilder(mask)
-        self.latent_factor, self.mask_levels = int(latent_factor), int(mask_levels)
         self.render = {k: v for k, v in dict(render or {}).items() if v is not None}
         bad = [k for k in self.render if k not in RENDER_KEYS]
         if bad:
@@ -108,9 +106,15 @@ class ConditionProcessor:
 
     @classmethod
     def from_info(cls, info: Mapping[str, Any]) -> ConditionProcessor:
-        """The processor a video model was trained with, from the DataModule ``info()`` it recorded."""
-        return cls(info.get("mask"), int(info.get("latent_downsample", 8)), int(info.get("mask_levels", 4)),
-                   info.get("pose_render"))
+        """The processor a video model was trained with, from the DataModule ``info()`` it recorded.
+
+        Files written before masks were delivered at one size recorded no ``mask.cell``: their masks were built at
+        the latent grid, ``latent_downsample`` pixels per cell.
+        """
+        mask = dict(info.get("mask") or {})
+        if "cell" not in mask and info.get("latent_downsample"):
+            mask["cell"] = int(info["latent_downsample"])
+        return cls(mask, info.get("pose_render"))
 
     @property
     def num_branches(self) -> int:
@@ -121,17 +125,13 @@ class ConditionProcessor:
         h, w = frame_hw
         return torch.from_numpy(render_pose(keypoints, h, w, **self.render)).permute(0, 3, 1, 2).float().div_(255.0)
 
-    def masks(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> dict[str, Any]:
-        """``{"masks": (K, T, h, w), "pyramid": [(K, T, h_l, w_l), ...]}`` at the latent size."""
-        h, w = frame_hw
-        return self.mask_builder(keypoints, (h, w), (h // self.latent_factor, w // self.latent_factor),
-                                 self.mask_levels)
+    def masks(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> torch.Tensor:
+        """``(K, T, h, w)`` region masks at the mask config's size."""
+        return self.mask_builder(keypoints, (int(frame_hw[0]), int(frame_hw[1]))).float()
 
     def __call__(self, keypoints: np.ndarray, frame_hw: tuple[int, int]) -> dict[str, Any]:
-        """Every condition of a window: ``pose_images``, ``masks``, ``mask_pyramid`` (float tensors)."""
-        m = self.masks(keypoints, frame_hw)
-        return {"pose_images": self.pose_images(keypoints, frame_hw), "masks": m["masks"].float(),
-                "mask_pyramid": [p.float() for p in m["pyramid"]]}
+        """Every condition of a window: ``pose_images`` and ``masks`` (float tensors)."""
+        return {"pose_images": self.pose_images(keypoints, frame_hw), "masks": self.masks(keypoints, frame_hw)}
 
 
 __all__ = ["RENDER_KEYS", "ConditionProcessor", "CropResize", "normalise_frames", "scale_keypoints"]

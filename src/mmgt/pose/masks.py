@@ -25,8 +25,10 @@ Regions (all from *visible* keypoints: score >= threshold, knees/ankles hidden, 
 
 A box needs positive width and height (a single point or a line gives nothing); ``padding`` grows each
 side by that fraction of the box's size (0 = the original's tight boxes). Boxes are rasterised directly at
-the mask resolution (usually the latent size) with exact area coverage, i.e. what drawing the box at full
-image size and area-downsampling would give, so a box thinner than a latent pixel still shows up.
+the mask resolution (``image / cell``; ``cell`` 8 is the SD latent grid) with exact area coverage, i.e. what
+drawing the box at full image size and area-downsampling would give, so a box thinner than a cell still shows up.
+Masks are delivered at this one size; a model resizes them to each attention resolution it runs at (area average,
+``mmgt.models.video.mmhaa.MaskPyramid``), so the data knows nothing about the network.
 
 Modes: ``boxes`` (per-frame boxes, as MMGT), ``union`` (per-clip union over frames, i.e. Hallo's static
 masks), ``none`` (all ones: every branch sees the whole frame, used by the ``haa`` ablation), ``official``
@@ -36,9 +38,9 @@ masks), ``none`` (all ones: every branch sees the whole frame, used by the ``haa
 *truncated* integer x, y >= 1, ``[min, max)`` (max exclusive), drawn at image size as uint8 0/255; the face
 box canvas plus the hands canvas (with ``legacy_uint8_wrap`` as uint8 with wrap-around, so an overlap is
 254); each mask resized to ``blur_side`` squared (OpenCV bilinear), Gaussian-blurred (kernel from ``blur``
-times ``blur_side``, OpenCV's sigma), OpenCV MIN-MAX normalised to 0..255; then every level resized from
-that with PIL bilinear (what torchvision's ``Resize`` does on a PIL image) and divided by 255. Levels are
-``floor(h / 2**l)``, so a 512-px image with latent 64 gives 64, 32, 16, 8 as the original's img//8..img//64.
+times ``blur_side``, OpenCV's sigma), OpenCV MIN-MAX normalised to 0..255, delivered as those 8-bit levels / 255
+on the ``blur_side`` canvas. The original then resized them to every attention resolution with PIL bilinear (what
+torchvision's ``Resize`` does on a PIL image); models do the same with ``resize="pil"`` (:attr:`MaskConfig.resize`).
 Needs ``opencv-python-headless``. Only the original's regions exist there (full, face, lips, hands,
 one_plus_lips); conf/mask/official.yaml (inference routing) and official_train.yaml (training routing).
 
@@ -54,7 +56,6 @@ the inference side with ``mask.branches.full=one_plus_lips`` (presets: conf/mask
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
@@ -96,6 +97,7 @@ class MaskConfig:
     threshold: float = VISIBILITY_THRESHOLD
     blur_side: int = 64  # official mode: the square side the box masks are resized to before the blur
     legacy_uint8_wrap: bool = False  # official mode: face + hands added as uint8 with wrap-around (overlap 254)
+    cell: int = 8  # boxes/union/none: masks are built on an (H / cell, W / cell) grid (8: the SD latent grid)
 
     def __post_init__(self) -> None:
         self.branches = {str(k): str(v) for k, v in dict(self.branches).items()}
@@ -113,9 +115,11 @@ class MaskConfig:
                              f"got {bad_blur}")
         if self.padding < 0:
             raise ValueError(f"mask.padding must be >= 0, got {self.padding}")
-        self.blur_side = int(self.blur_side)
+        self.blur_side, self.cell = int(self.blur_side), int(self.cell)
         if self.blur_side < 1:
             raise ValueError(f"mask.blur_side must be >= 1, got {self.blur_side}")
+        if self.cell < 1:
+            raise ValueError(f"mask.cell must be >= 1, got {self.cell}")
         if self.mode == "official":
             bad = {k: v for k, v in self.branches.items() if v not in OFFICIAL_REGIONS}
             if bad:
@@ -125,6 +129,19 @@ class MaskConfig:
         elif self.legacy_uint8_wrap:
             raise ValueError("mask.legacy_uint8_wrap belongs to mask.mode=official "
                              "(the original's uint8 face + hands sum)")
+
+    @property
+    def resize(self) -> str:
+        """How a model brings these masks to its attention resolutions (``mmgt.models.video.mmhaa.resize_masks``):
+        the original's masks are 8-bit images resized by Pillow; mmgt's are area-averaged."""
+        return "pil" if self.mode == "official" else "area"
+
+    def mask_size(self, image_hw: tuple[int, int]) -> tuple[int, int]:
+        """The one size masks are delivered at for ``image_hw`` frames: the original's square ``blur_side`` canvas,
+        else the ``cell`` grid."""
+        if self.mode == "official":
+            return (self.blur_side, self.blur_side)
+        return (max(1, int(image_hw[0]) // self.cell), max(1, int(image_hw[1]) // self.cell))
 
     @classmethod
     def from_dict(cls, cfg: Mapping[str, Any] | None) -> MaskConfig:
@@ -259,47 +276,12 @@ def official_soft_masks(masks: np.ndarray, kernel: int, side: int) -> np.ndarray
     return out
 
 
-def official_mask_pyramid(masks: np.ndarray, sizes: list[tuple[int, int]]) -> list[torch.Tensor]:
-    """uint8 ``(T, h, w)`` soft masks -> float ``(T, h_l, w_l)`` per size: PIL bilinear resize, then / 255.
-
-    What torchvision's ``Resize((s, s))`` + ``ToTensor`` do on the original's PIL images.
-    """
-    from PIL import Image
-
-    return [torch.from_numpy(np.stack([np.asarray(Image.fromarray(m).resize((w, h), Image.BILINEAR)) for m in masks])
-                             ).float().div(255) for h, w in sizes]
-
-
-def pyramid_sizes(latent_hw: tuple[int, int], n_levels: int = 4) -> list[tuple[int, int]]:
-    """``ceil(h / 2**l), ceil(w / 2**l)`` per level: what a diffusers UNet's stride-2 downsamplers give."""
-    h, w = int(latent_hw[0]), int(latent_hw[1])
-    return [(math.ceil(h / 2**lvl), math.ceil(w / 2**lvl)) for lvl in range(n_levels)]
-
-
-def mask_pyramid(masks: torch.Tensor, latent_hw: tuple[int, int], n_levels: int = 4) -> list[torch.Tensor]:
-    """``(..., H, W)`` masks -> one tensor ``(..., h_l, w_l)`` per attention level (area down / bilinear up)."""
-    if masks.dim() < 2:
-        raise ValueError(f"mask_pyramid: masks must be (..., H, W), got shape {tuple(masks.shape)}")
-    lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
-    x = masks.reshape(-1, 1, h, w).float()
-    out = []
-    for lh, lw in pyramid_sizes(latent_hw, n_levels):
-        if (lh, lw) == (h, w):
-            y = x
-        elif lh <= h and lw <= w:
-            y = F.interpolate(x, size=(lh, lw), mode="area")
-        else:
-            y = F.interpolate(x, size=(lh, lw), mode="bilinear", align_corners=False)
-        out.append(y.reshape(*lead, lh, lw))
-    return out
-
-
 # --------------------------------------------------------------------------------------------------
 # the builder
 
 
 class RegionMaskBuilder:
-    """Keypoints -> per-branch region masks and their attention pyramid; THE one implementation.
+    """Keypoints -> per-branch region masks at one size; THE one implementation.
 
     Both ``mmgt.data`` (training/validation samples) and the generation pipeline (SMGA-predicted poses)
     call an instance built from the same ``mask`` config; do not re-derive masks anywhere else.
@@ -368,11 +350,12 @@ class RegionMaskBuilder:
         return {r: get(r) for r in regions}
 
     def __call__(self, kp: np.ndarray | torch.Tensor, image_hw: tuple[int, int],
-                 latent_hw: tuple[int, int] | None = None, n_levels: int = 4) -> dict[str, Any]:
-        """``kp`` (T, 134, 3) pixel keypoints of ``image_hw`` frames -> ``{"masks", "pyramid"}``.
+                 mask_hw: tuple[int, int] | None = None) -> torch.Tensor:
+        """``kp`` (T, 134, 3) pixel keypoints of ``image_hw`` frames -> masks ``(K, T, h, w)`` float32.
 
-        ``masks``: ``(K, T, h, w)`` float32 in [0, 1] at ``latent_hw`` (or ``image_hw`` when None), K =
-        branches in config order; ``pyramid``: ``n_levels`` tensors ``(K, T, ceil(h/2**l), ceil(w/2**l))``.
+        K = branches in config order; values in [0, 1] (``one_plus_lips``: [1, 2]). The size is
+        ``mask_hw`` (default :meth:`MaskConfig.mask_size`; the official mode always gives its ``blur_side``
+        canvas); models resize them to each attention resolution (``mmgt.models.video.mmhaa.MaskPyramid``).
         """
         kp_t = kp.float() if isinstance(kp, torch.Tensor) else torch.from_numpy(np.array(kp, dtype=np.float32))
         if kp_t.dim() == 2:
@@ -380,54 +363,53 @@ class RegionMaskBuilder:
         if kp_t.dim() != 3 or kp_t.shape[1:] != (NUM_KEYPOINTS, 3):
             raise ValueError(f"RegionMaskBuilder: keypoints must be (T, {NUM_KEYPOINTS}, 3) pixel coords, "
                              f"got shape {tuple(kp_t.shape)}")
+        cfg = self.cfg
         image_hw = (int(image_hw[0]), int(image_hw[1]))
-        mask_hw = (int(latent_hw[0]), int(latent_hw[1])) if latent_hw is not None else image_hw
+        native = cfg.mask_size(image_hw)
+        mask_hw = native if mask_hw is None else (int(mask_hw[0]), int(mask_hw[1]))
         if min(image_hw) < 1 or min(mask_hw) < 1:
             raise ValueError(f"RegionMaskBuilder: sizes must be positive, got image {image_hw}, mask {mask_hw}")
+        if cfg.mode == "official" and mask_hw != native:
+            raise ValueError(f"mask.mode=official builds its masks on the {native[0]}x{native[1]} blur_side canvas, "
+                             f"not {mask_hw[0]}x{mask_hw[1]} (models resize them as the original did)")
         n_frames, k = kp_t.shape[0], self.num_branches
-        cfg = self.cfg
 
         if cfg.mode == "none":
-            masks = torch.ones(k, n_frames, *mask_hw, device=kp_t.device)
-        elif cfg.mode == "official":
-            pyramid = self._official(kp_t, image_hw, mask_hw, n_levels)
-            return {"masks": pyramid[0], "pyramid": pyramid}
-        else:
-            needed = list(dict.fromkeys(cfg.branches.values()))
-            base = [r for r in needed if r != "one_plus_lips"] + (["lips"] if "one_plus_lips" in needed else [])
-            hard = self.region_masks(kp_t, image_hw, mask_hw, list(dict.fromkeys(base)))
-            soft: dict[str, torch.Tensor] = {}
-            for name, m in hard.items():
-                if cfg.mode == "union":
-                    m = m.amax(0, keepdim=True)
-                frac = cfg.blur.get(name, 0.0)
-                if frac > 0:
-                    m = minmax_normalize(blur_masks(m, frac))
-                soft[name] = m.expand(n_frames, *mask_hw)
-            if "one_plus_lips" in needed:  # after the lips' blur/normalisation, as the original's 1 + lip
-                soft["one_plus_lips"] = 1.0 + soft["lips"]
-            masks = torch.stack([soft[r] for r in cfg.branches.values()]).contiguous()
-        pyramid = mask_pyramid(masks, mask_hw, n_levels)
-        return {"masks": masks, "pyramid": pyramid}
+            return torch.ones(k, n_frames, *mask_hw, device=kp_t.device)
+        if cfg.mode == "official":
+            return self._official(kp_t, image_hw)
+        needed = list(dict.fromkeys(cfg.branches.values()))
+        base = [r for r in needed if r != "one_plus_lips"] + (["lips"] if "one_plus_lips" in needed else [])
+        hard = self.region_masks(kp_t, image_hw, mask_hw, list(dict.fromkeys(base)))
+        soft: dict[str, torch.Tensor] = {}
+        for name, m in hard.items():
+            if cfg.mode == "union":
+                m = m.amax(0, keepdim=True)
+            frac = cfg.blur.get(name, 0.0)
+            if frac > 0:
+                m = minmax_normalize(blur_masks(m, frac))
+            soft[name] = m.expand(n_frames, *mask_hw)
+        if "one_plus_lips" in needed:  # after the lips' blur/normalisation, as the original's 1 + lip
+            soft["one_plus_lips"] = 1.0 + soft["lips"]
+        return torch.stack([soft[r] for r in cfg.branches.values()]).contiguous()
 
-    def _official(self, kp: torch.Tensor, image_hw: tuple[int, int], mask_hw: tuple[int, int],
-                  n_levels: int) -> list[torch.Tensor]:
-        """The original's masks: uint8 boxes at image size -> OpenCV blur at ``blur_side`` -> PIL levels."""
+    def _official(self, kp: torch.Tensor, image_hw: tuple[int, int]) -> torch.Tensor:
+        """The original's masks: uint8 boxes at image size -> OpenCV blur at ``blur_side``, as 8-bit levels / 255
+        (the original's per-resolution PIL resize is the model's, ``resize="pil"``)."""
         cfg = self.cfg
         needed = list(dict.fromkeys(cfg.branches.values()))
         base = [r for r in needed if r in ("face", "lips", "hands")]
         if "one_plus_lips" in needed and "lips" not in base:
             base.append("lips")
         hard = self.region_masks(kp.cpu(), image_hw, image_hw, base)
-        sizes = [(max(1, mask_hw[0] >> lvl), max(1, mask_hw[1] >> lvl)) for lvl in range(n_levels)]
-        levels: dict[str, list[torch.Tensor]] = {}
+        side = cfg.blur_side
+        soft: dict[str, torch.Tensor] = {}
         for name, m in hard.items():
             boxes = torch.round(m * 255).to(torch.uint8).numpy()
-            soft = official_soft_masks(boxes, gaussian_kernel_size(cfg.blur.get(name, 0.0), cfg.blur_side),
-                                       cfg.blur_side)
-            levels[name] = official_mask_pyramid(soft, sizes)
-        if "one_plus_lips" in needed:  # audio2vid's full mask: 1 + the lips level tensors
-            levels["one_plus_lips"] = [1.0 + lvl for lvl in levels["lips"]]
+            blurred = official_soft_masks(boxes, gaussian_kernel_size(cfg.blur.get(name, 0.0), side), side)
+            soft[name] = torch.from_numpy(blurred).float().div(255)
+        if "one_plus_lips" in needed:  # audio2vid's full mask: 1 + the lips levels
+            soft["one_plus_lips"] = 1.0 + soft["lips"]
         if "full" in needed:
-            levels["full"] = [torch.ones(kp.shape[0], *hw) for hw in sizes]
-        return [torch.stack([levels[r][lvl] for r in cfg.branches.values()]).to(kp.device) for lvl in range(n_levels)]
+            soft["full"] = torch.ones(kp.shape[0], side, side)
+        return torch.stack([soft[r] for r in cfg.branches.values()]).to(kp.device)

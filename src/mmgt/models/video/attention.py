@@ -7,7 +7,8 @@ A variant is a class named by ``_target_`` in its YAML; the other keys are its s
   :class:`~mmgt.models.video.mmhaa.OfficialAudioModule`, or any class with the same ``from_layer`` constructor and
   forward ``(hidden, audio, masks, branch_weights) -> hidden``);
 - ``blocks``: which attention sites of the backbone get one (``Backbone.attention_sites``);
-- ``n_branches``: region branches (null: the data's mask branches); ``branch_weights``: their training weights
+- the branch count is the data's mask branches (``mask.branches``, stated once); ``n_branches`` exists only for
+  files that record their own (converted weights) and must agree; ``branch_weights``: the branches' training weights
   (applied by the training module; checked here against the branch count).
 
 The class decides what differs between variants: whether audio is used at all, how many branches there are and
@@ -29,8 +30,6 @@ from torch import nn
 from mmgt.models.video.backbone import Backbone, Site
 from mmgt.models.video.components import component_class, construct, split_target
 from mmgt.models.video.mmhaa import audio_module_class
-
-DEFAULT_BRANCHES = 3  # MMGT's full / face / lips, when neither the config nor the data says
 
 
 class AudioAttentionVariant(nn.ModuleDict):
@@ -69,7 +68,14 @@ class AudioAttentionVariant(nn.ModuleDict):
                                                        s.norm_groups)
 
     def branch_count(self, n_branches: int | None, mask_branches: int | None) -> int:
-        return int(n_branches or mask_branches or DEFAULT_BRANCHES)
+        if n_branches and mask_branches and int(n_branches) != int(mask_branches):
+            raise ValueError(f"attention.n_branches={n_branches} but the data's mask config has {mask_branches} "
+                             "branches (mask.branches states the branch count)")
+        count = n_branches or mask_branches
+        if not count:
+            raise ValueError(f"{type(self).__name__} needs the branch count: the mask config's branches "
+                             "(the data info's num_branches)")
+        return int(count)
 
     def site_forward(self, key: str, hidden: torch.Tensor, audio: torch.Tensor, masks: torch.Tensor | None,
                      branch_weights: torch.Tensor) -> torch.Tensor:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from diffusers.models.attention import FeedForward
@@ -178,27 +179,68 @@ def audio_module_class(name: str | type | None) -> type:
     return cls
 
 
-def resize_masks(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """(N, K, h, w) -> (N, K, *size): area average when shrinking by whole factors, else bilinear (antialiased)."""
-    if tuple(masks.shape[-2:]) == tuple(size):
+MASK_RESIZE = ("area", "pil")
+
+
+def pil_resize(masks: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``(..., h, w)`` masks -> ``size`` by Pillow's BILINEAR resize of their 8-bit images, divided by 255.
+
+    The original MMGT resized its uint8 soft masks with PIL (torchvision ``Resize`` + ``ToTensor``); Pillow's
+    fixed-point two-pass filter is not reproduced by any torch mode to the grey level, so Pillow itself runs (on the
+    CPU; masks are small). Values are taken as an integer offset (the per-mask floor of the minimum, e.g. 1 for the
+    original's "1 + lips" masks) plus 8-bit levels ``/ 255``.
+    """
+    from PIL import Image
+
+    size = (int(size[0]), int(size[1]))
+    if tuple(masks.shape[-2:]) == size:
         return masks
-    h, w = masks.shape[-2:]
-    if h % size[0] == 0 and w % size[1] == 0:
-        return F.adaptive_avg_pool2d(masks, size)
-    return F.interpolate(masks, size=size, mode="bilinear", align_corners=False, antialias=True)
+    lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
+    x = masks.detach().reshape(-1, h, w).double().cpu()
+    offset = torch.floor(x.amin(dim=(-2, -1), keepdim=True))
+    levels = torch.round((x - offset) * 255).clamp_(0, 255).to(torch.uint8).numpy()
+    out = np.stack([np.asarray(Image.fromarray(m).resize((size[1], size[0]), Image.BILINEAR)) for m in levels])
+    y = torch.from_numpy(out).double() / 255 + offset
+    return y.reshape(*lead, *size).to(device=masks.device, dtype=masks.dtype)
+
+
+def resize_masks(masks: torch.Tensor, size: tuple[int, int], mode: str = "area") -> torch.Tensor:
+    """``(..., h, w)`` region masks -> ``(..., *size)`` for one attention resolution.
+
+    ``area``: area average when shrinking (a latent cell's mask is the mean over the pixels it covers), bilinear
+    (half-pixel centres) when growing; ``pil``: Pillow's 8-bit bilinear resize (:func:`pil_resize`), the original's.
+    """
+    if mode not in MASK_RESIZE:
+        raise ValueError(f"mask resize mode must be one of {MASK_RESIZE}, got {mode!r}")
+    size = (int(size[0]), int(size[1]))
+    if tuple(masks.shape[-2:]) == size:
+        return masks
+    if mode == "pil":
+        return pil_resize(masks, size)
+    lead, (h, w) = masks.shape[:-2], masks.shape[-2:]
+    x = masks.reshape(-1, 1, h, w)
+    if size[0] <= h and size[1] <= w:
+        y = F.interpolate(x, size=size, mode="area")
+    else:
+        y = F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+    return y.reshape(*lead, *size)
 
 
 class MaskPyramid:
-    """Region masks per frame at every resolution the UNet asks for (exact level if given, else resized).
+    """Region masks per frame at every resolution the backbone asks for, resized from the one size the data gives.
 
-    ``levels``: one tensor (B, K, F, h, w) or a list of them (the data's ``mask_pyramid``); frames are flattened
-    to B·F in the UNet's order (batch-major).
+    ``levels``: one tensor (B, K, F, h, w) — what the data delivers — or a list of such tensors at several sizes
+    (exact levels, e.g. the original's own pyramid in parity tests); a size not given is resized from the finest
+    with ``resize`` (:func:`resize_masks`). Frames are flattened to B·F in the backbone's order (batch-major).
     """
 
-    def __init__(self, levels: torch.Tensor | Sequence[torch.Tensor]) -> None:
+    def __init__(self, levels: torch.Tensor | Sequence[torch.Tensor], resize: str = "area") -> None:
         levels = [levels] if torch.is_tensor(levels) else list(levels)
         if not levels or any(m.ndim != 5 for m in levels):
             raise ValueError("masks must be (B, K, F, h, w) tensors (one or a list of levels)")
+        if resize not in MASK_RESIZE:
+            raise ValueError(f"mask resize mode must be one of {MASK_RESIZE}, got {resize!r}")
+        self.resize = resize
         self.cache: dict[tuple[int, int], torch.Tensor] = {}
         for m in levels:
             b, k, f, h, w = m.shape
@@ -208,7 +250,5 @@ class MaskPyramid:
     def at(self, size: tuple[int, int]) -> torch.Tensor:
         size = (int(size[0]), int(size[1]))
         if size not in self.cache:
-            larger = [s for s in self.cache if s[0] >= size[0] and s[1] >= size[1]]
-            src = min(larger, key=lambda s: s[0] * s[1]) if larger else self.finest
-            self.cache[size] = resize_masks(self.cache[src], size)
+            self.cache[size] = resize_masks(self.cache[self.finest], size, self.resize)
         return self.cache[size]

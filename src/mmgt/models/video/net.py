@@ -23,7 +23,7 @@ from mmgt.models.video.audio_proj import AudioProjection
 from mmgt.models.video.backbone import ROLE_GROUPS, Backbone, build_backbone
 from mmgt.models.video.codec import build_codec
 from mmgt.models.video.encoders import CLIPImageEncoder, build_image_encoder
-from mmgt.models.video.mmhaa import MaskPyramid, as_weights
+from mmgt.models.video.mmhaa import MASK_RESIZE, MaskPyramid, as_weights
 from mmgt.models.video.pose_guider import PoseGuider
 from mmgt.models.video.reference import ForwardContext
 
@@ -42,7 +42,10 @@ class VideoNet(nn.Module):
         attention: the ``attention`` config (``_target_`` or ``type``, ``module``, ``blocks``, ``n_branches``,
             ``branch_weights``), or its ``type`` alone as a string, with the older keyword form
             ``attention_blocks`` (default ``[down]``), ``n_branches`` (default 3) and ``attention_module``.
-        mask_branches: the data's region-mask branch count (the branch count when ``n_branches`` is null).
+        mask_branches: the data's region-mask branch count: the one statement of the branch count (``n_branches``
+            is only for files that state their own, e.g. converted official weights).
+        mask_resize: how the data's one-size masks are brought to each attention resolution (``area`` | ``pil``,
+            :func:`~mmgt.models.video.mmhaa.resize_masks`; the mask config's ``resize``).
         load_weights: load the pretrained files named in ``cfg`` (False: random init, e.g. on the meta device).
         key: config path of ``cfg`` used in error messages.
     """
@@ -50,17 +53,21 @@ class VideoNet(nn.Module):
     def __init__(self, cfg: Mapping[str, Any], audio_shape: Sequence[int] | None = None,
                  attention: str | Mapping[str, Any] | None = "mm_haa", attention_blocks: Sequence[str] | None = None,
                  n_branches: int | None = None, load_weights: bool = True, key: str = "size.video",
-                 attention_module: str | type | None = None, mask_branches: int | None = None) -> None:
+                 attention_module: str | type | None = None, mask_branches: int | None = None,
+                 mask_resize: str = "area") -> None:
         super().__init__()
         unknown = sorted(set(cfg) - NET_KEYS)
         if unknown:
             raise ValueError(f"{key}: unknown key(s) {unknown}; known: {sorted(NET_KEYS)}")
         if attention is None or isinstance(attention, str):
             attention = dict(type=attention or "none", blocks=list(attention_blocks or ("down",)),
-                             n_branches=3 if n_branches is None else n_branches, module=attention_module)
+                             n_branches=n_branches, module=attention_module)
         elif (attention_blocks, n_branches, attention_module) != (None, None, None):
             raise ValueError("VideoNet: with an attention config, give blocks / n_branches / module inside it")
         variant, settings = variant_class(attention)
+        if mask_resize not in MASK_RESIZE:
+            raise ValueError(f"mask resize mode must be one of {MASK_RESIZE}, got {mask_resize!r}")
+        self.mask_resize = mask_resize
         self.ctx = ForwardContext()
         # MMGT copies the reference bank as float16 before the reader concatenates it (promoting back); keeping it
         # in the compute dtype (null) changes the prediction by ~3e-6 relative
@@ -245,7 +252,7 @@ class VideoNet(nn.Module):
             if self.masked:
                 if masks is None:
                     raise ValueError(f"attention.type={self.attention_type} needs region masks (B, K, F, h, w)")
-                ctx.masks = MaskPyramid(masks)
+                ctx.masks = MaskPyramid(masks, self.mask_resize)
                 k = next(iter(ctx.masks.cache.values())).shape[1]
                 if k != self.n_branches:
                     raise ValueError(f"masks have {k} branches, the model was built with {self.n_branches}")
