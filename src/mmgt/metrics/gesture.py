@@ -1,39 +1,62 @@
 """Stage-1 gesture metrics as torchmetrics ``Metric``s (DDP-safe: states are summed or concatenated).
 
-Protocol (all on *normalised* poses from the DataModule, x, y in [-1, 1]; with the default normaliser one
-unit = one frame side, so L2 values read as fractions of the frame size):
+Protocol (all on *normalised* poses from the DataModule, x, y in [-1, 1]; with the default normaliser one unit = one
+frame side, so L2 values read as fractions of the frame size). Points the stage-1 loss never supervises (knees,
+ankles, feet) enter no metric; where the suite gets the ground truth's visibility (``vis``), points invisible in the
+ground truth at a frame are masked in generated and real poses alike.
 
-* :class:`KeypointL2` — mean Euclidean distance between generated and ground-truth keypoints, per region
-  (face, lips, hands, body without knees/ankles), over keypoints visible in the ground truth.
-* :class:`FrechetGestureDistance` — "FGD-style": Fréchet distance (float64) between Gaussian fits of
-  pose-sequence features. The feature extractor is a **fixed random projection** (seeded, no training):
-  per sequence, the x, y of all keypoints relative to the neck → [temporal mean, temporal std, mean absolute
-  velocity] (804-d) → a fixed Gaussian random projection to ``dim`` (default 32). It is *not* the FGD of the
-  literature (which uses a trained motion autoencoder) and is logged as ``fgd_randproj`` to say so; it compares
-  runs with each other, not with published numbers.
-* :class:`GestureDiversity` — mean pairwise L2 distance between the same features of generated sequences.
-* :class:`BeatAlignment` — Bailando/AIST++ beat-align score: for each audio onset, exp(-d²/2σ²) with d the
-  distance (frames) to the nearest motion beat (local minimum of smoothed keypoint speed); averaged over onsets.
-  Audio onsets are peaks of the positive log-RMS flux of the waveform at 25 fps (640 samples per frame).
+* :class:`KeypointL2` — mean Euclidean distance between generated and ground-truth keypoints, per region (face,
+  lips, hands, body without knees/ankles), over keypoints visible in the ground truth.
+* :class:`FrechetGestureDistance` — Fréchet distance (float64) between Gaussians fitted to sequence features of
+  generated and real poses. **``fgd``** only with a trained motion encoder (``encoder``: the checkpoint written by
+  ``python -m mmgt.train experiment=fgd_encoder``, :mod:`mmgt.models.fgd`, Yoon et al. 2020's conv sequence
+  autoencoder per pose part): the features are its codes of non-overlapping windows of the encoder's length
+  (shorter sequences are skipped, never padded); ``fgd_body``, ``fgd_hands``, ``fgd_face`` are the same distance on
+  each part's block and ``fgd_num_windows`` the generated sample count. Without an encoder the features are a
+  fixed seeded random projection of per-part summary statistics (temporal mean, std, mean absolute velocity) and
+  the value is logged as **``fgd_randproj``**: it compares runs with each other, not with published numbers (it is
+  blind to temporal order: a time-reversed motion scores 0).
+* :class:`GestureDiversity` — on the same features, two published definitions (each logs the ground truth's value
+  beside, ``<name>_real``): ``bailando`` (Bailando, Siyao et al. 2022): features z-scored by the *real* set's
+  mean and standard deviation (population std, + 1e-10), then the mean L2 distance over all pairs;
+  ``diffgesture`` (Zhu et al. 2023): the mean L1 distance between the first ``n_pairs`` (500) samples and the same
+  number drawn by a random permutation (seeded). Names ``diversity_<variant>`` (+ ``_randproj`` without an encoder).
+* :class:`BeatAlignment` — beat-align score: motion beats are the local minima (``scipy.signal.argrelextrema``) of
+  the mean keypoint speed (body + hands), Gaussian-smoothed (``scipy.ndimage.gaussian_filter1d``); audio events are
+  librosa's (``onset.onset_detect`` or ``beat.beat_track``, times in seconds); per clip, the mean over events of
+  exp(-d²/2σ²) with d the time to the nearest motion beat, σ in seconds. Variants: ``bailando`` (librosa beats,
+  σ = 0.05 s = 3 frames at 60 fps, smoothing 5/60 s, mean of per-clip scores) and ``diffgesture`` (librosa
+  onsets, σ = 0.1 s, no smoothing, clips weighted by their onset count as DiffGesture's script averages them; its
+  motion beats come from joint-angle speed of 3-D direction vectors, here from keypoint speed). Names
+  ``beat_align_<variant>`` and ``beat_align_<variant>_real``. Clips without an audio event or without a motion beat
+  are not scored (counted in :meth:`BeatAlignment.protocol`). Without smoothing a frozen pose with detector jitter
+  has a speed minimum every few frames and scores almost as high as motion locked to the onsets.
 
-:class:`GestureSuite` is the stage-1 suite (``conf/metrics/gesture.yaml``): ``update(generated, reference, vis,
-audio)``, ``compute()`` -> ``l2_face, l2_lips, l2_hands, l2_body, fgd_randproj, diversity, diversity_real,
-beat_align, beat_align_real`` (the ``_real`` ones: the same metrics on the ground truth, for scale).
+Each set-level metric's :meth:`protocol` says what its number is (variant, feature network file and sha256, sample
+counts). :class:`GestureSuite` is the stage-1 suite (``conf/metrics/gesture.yaml``): ``update(generated, reference,
+vis, audio)``, ``compute()`` -> ``l2_*``, ``fgd*``, ``diversity_*``, ``beat_align_*``.
 """
 
 from __future__ import annotations
 
+import logging
+import math
+import warnings
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, ClassVar
 
+import numpy as np
 import torch
-import torch.nn.functional as F
 from torchmetrics.utilities import dim_zero_cat
 
-from mmgt.data.video_io import HOP
+from mmgt.data.video_io import HOP, SAMPLE_RATE
 from mmgt.metrics.base import Builtin, Suite, SuiteMetric
 from mmgt.metrics.frechet import frechet_distance_from_features
+from mmgt.models.fgd import PART_GROUPS, MotionAutoencoder, MotionAutoencoderConfig, part_inputs
 from mmgt.pose.layout import BODY, FACE, HANDS, LEG_POINTS, LIPS
+
+log = logging.getLogger(__name__)
 
 REGIONS: dict[str, tuple[int, ...]] = {
     "face": FACE,
@@ -41,8 +64,8 @@ REGIONS: dict[str, tuple[int, ...]] = {
     "hands": HANDS,
     "body": tuple(i for i in BODY if i not in LEG_POINTS),
 }
-NECK = 1
 FEATURE_SEED = 20240531
+ENCODER_KIND = "fgd_encoder"
 
 
 class KeypointL2(SuiteMetric):
@@ -79,128 +102,399 @@ class KeypointL2(SuiteMetric):
         return {f"{self.name}_{region}": float(v) for region, v in self.compute().items()}
 
 
-def _projection(in_dim: int, dim: int) -> torch.Tensor:
-    g = torch.Generator().manual_seed(FEATURE_SEED)
+# --------------------------------------------------------------------------------------------------- features
+
+
+def _projection(in_dim: int, dim: int, part: int) -> torch.Tensor:
+    g = torch.Generator().manual_seed(FEATURE_SEED + part)
     return torch.randn(in_dim, dim, generator=g, dtype=torch.float64) / in_dim ** 0.5
 
 
-def sequence_features(poses: torch.Tensor, dim: int = 32) -> torch.Tensor:
-    """(B, N, K, >=2) poses -> (B, dim) fixed random-projection features (see module docstring)."""
-    xy = poses[..., :2].double()
-    xy = xy - xy[:, :, NECK:NECK + 1]
-    vel = (xy[:, 1:] - xy[:, :-1]).abs().mean(1) if xy.shape[1] > 1 else torch.zeros_like(xy[:, 0])
-    stats = torch.cat([xy.mean(1).flatten(1), xy.std(1, unbiased=False).flatten(1), vel.flatten(1)], dim=1)
-    return stats @ _projection(stats.shape[1], dim).to(stats.device)
+def sequence_features(poses: torch.Tensor, dim: int = 32, vis: torch.Tensor | None = None) -> torch.Tensor:
+    """(B, N, K, >=2) poses -> (B, 3·dim) random-projection features: per part (body, hands, face, inputs as
+    :func:`mmgt.models.fgd.part_inputs`) [temporal mean, std, mean absolute velocity] projected to ``dim``."""
+    out = []
+    for i, x in enumerate(part_inputs(poses, vis).values()):
+        x = x.double()
+        vel = (x[:, 1:] - x[:, :-1]).abs().mean(1) if x.shape[1] > 1 else torch.zeros_like(x[:, 0])
+        stats = torch.cat([x.mean(1), x.std(1, unbiased=False), vel], dim=1)
+        out.append(stats @ _projection(stats.shape[1], dim, i).to(stats.device))
+    return torch.cat(out, dim=1)
 
 
-class FrechetGestureDistance(SuiteMetric):
-    """Fréchet distance of random-projection sequence features, generated vs real (see module docstring); logged
-    as ``fgd_randproj`` (not the FGD of the literature)."""
+_ENCODERS: dict[tuple[str, int, int], tuple[MotionAutoencoder, dict[str, Any]]] = {}
+
+
+def load_fgd_encoder(path: str | Path, sha256: str | None = None) -> tuple[MotionAutoencoder, dict[str, Any]]:
+    """The trained FGD encoder of an ``experiment=fgd_encoder`` checkpoint (a ``.ckpt`` file or its run folder) and
+    what identifies it (path, sha256, training step, window length). Read with ``weights_only=True``; the stored
+    architecture is plain data checked key by key; a file of another kind, or with another ``sha256`` than the one
+    given, is refused."""
+    from mmgt import checkpoints
+    from mmgt.errors import CheckpointError
+    from mmgt.metrics.weights import ChecksumMismatchError, file_digests
+
+    p = checkpoints.resolve(path, "metrics.encoder")
+    stat = p.stat()
+    key = (str(p.resolve()), stat.st_mtime_ns, stat.st_size)
+    if key not in _ENCODERS:
+        digest, _ = file_digests(p)
+        ckpt = checkpoints.load_torch(p, "FGD encoder checkpoint")
+        rec = ckpt.get("mmgt") if isinstance(ckpt, Mapping) else None
+        kind = rec.get("kind") if isinstance(rec, Mapping) else None
+        if kind != ENCODER_KIND or "state_dict" not in ckpt:
+            raise CheckpointError(f"{p} is not an FGD encoder checkpoint (recorded kind {kind!r}, expected "
+                                  f"{ENCODER_KIND!r}); train one with `python -m mmgt.train experiment=fgd_encoder`")
+        hp = ckpt.get("hyper_parameters") or {}
+        try:
+            net = MotionAutoencoder(MotionAutoencoderConfig.from_dict(hp.get("net")))
+        except (TypeError, ValueError) as err:
+            raise CheckpointError(f"{p}: stored FGD encoder architecture `net` = {hp.get('net')!r}: {err}") from err
+        state = {k[len("net."):]: v for k, v in ckpt["state_dict"].items() if k.startswith("net.")}
+        checkpoints.check_state(p, net, state, "metrics.encoder")
+        net.load_state_dict(state)
+        bad = checkpoints.non_finite(state)
+        if bad:
+            raise CheckpointError(f"{p}: {len(bad)} FGD encoder tensors hold NaN/inf (e.g. {', '.join(bad[:3])})")
+        info = {"encoder": str(p), "encoder_sha256": digest, "encoder_step": int(ckpt.get("global_step", -1)),
+                "window": net.cfg.length, "parts": list(net.cfg.parts),
+                "encoder_data": dict(hp.get("data_info") or {})}
+        _ENCODERS[key] = (net.eval().requires_grad_(False), info)
+    net, info = _ENCODERS[key]
+    if sha256 and info["encoder_sha256"] != str(sha256).lower():
+        raise ChecksumMismatchError(f"{p}: sha256 {info['encoder_sha256']} is not the configured "
+                                    f"metrics.encoder_sha256 {sha256}")
+    return net, dict(info)
+
+
+class PoseFeatures:
+    """The sequence features FGD and diversity share: a trained encoder's codes of non-overlapping windows of its
+    length (``trained``), or the random projection of whole sequences (``sequence_features``)."""
+
+    def __init__(self, encoder: str | Path | None = None, encoder_sha256: str | None = None,
+                 feature_dim: int = 32) -> None:
+        self.feature_dim = int(feature_dim)
+        self.net: MotionAutoencoder | None = None
+        self.info: dict[str, Any] = {"features": "random projection", "feature_dim": self.feature_dim}
+        if encoder not in (None, ""):
+            self.net, info = load_fgd_encoder(encoder, encoder_sha256)  # type: ignore[arg-type]
+            self.info = {"features": "trained motion encoder (Yoon et al. 2020 conv autoencoder per part)", **info}
+
+    @property
+    def trained(self) -> bool:
+        return self.net is not None
+
+    @property
+    def suffix(self) -> str:
+        """Name suffix of a number computed on these features (never the bare name without a trained encoder)."""
+        return "" if self.trained else "_randproj"
+
+    def part_slices(self) -> dict[str, slice]:
+        if self.net is not None:
+            return self.net.part_slices()
+        d = self.feature_dim
+        return {p: slice(i * d, (i + 1) * d) for i, p in enumerate(PART_GROUPS)}
+
+    def windows(self, n_frames: int) -> int:
+        """How many feature rows one sequence of ``n_frames`` gives (0: too short for the encoder)."""
+        return n_frames // self.net.cfg.length if self.net is not None else 1
+
+    @torch.no_grad()
+    def __call__(self, poses: torch.Tensor, vis: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, N, K, >=2) poses -> (B · windows, D) float64 features ((0, D) when N is shorter than the window)."""
+        if self.net is None:
+            return sequence_features(poses, self.feature_dim, vis)
+        from mmgt.metrics.video import ensure_device
+
+        net = ensure_device(self.net, poses.device)
+        length, w = net.cfg.length, self.windows(poses.shape[1])
+        if w == 0:
+            return torch.zeros(0, net.feature_dim, dtype=torch.float64, device=poses.device)
+        b = poses.shape[0]
+        cut = poses[:, :w * length].reshape(b * w, length, *poses.shape[2:])
+        v = None if vis is None else vis[:, :w * length].reshape(b * w, length, vis.shape[-1])
+        return net.encode(cut.float(), v).double()
+
+
+class _FeatureMetric(SuiteMetric):
+    """A metric on :class:`PoseFeatures` (``features`` from the suite, or its own from ``encoder``)."""
+
+    settings = ("feature_dim", "encoder", "encoder_sha256", "features")
+
+    def __init__(self, feature_dim: int = 32, *, encoder: str | None = None, encoder_sha256: str | None = None,
+                 features: PoseFeatures | None = None, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        own = encoder not in (None, "") or features is None
+        self.__dict__["features"] = PoseFeatures(encoder, encoder_sha256, feature_dim) if own else features
+        self.name_suffix = self.features.suffix
+        self.add_state("skipped", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+
+    @property
+    def features(self) -> PoseFeatures:
+        return self.__dict__["features"]
+
+    def _features(self, poses: torch.Tensor, vis: torch.Tensor | None) -> torch.Tensor:
+        f = self.features(poses, vis)
+        if f.shape[0] == 0:
+            self.skipped += poses.shape[0]
+            warnings.warn(f"{self.name}: {poses.shape[1]}-frame sequences are shorter than the FGD encoder's "
+                          f"{self.features.info.get('window')}-frame window; not scored", stacklevel=3)
+        return f
+
+
+class FrechetGestureDistance(_FeatureMetric):
+    """Fréchet distance of pose-sequence features, generated vs real: ``fgd`` with a trained encoder (+ per part and
+    the window count), ``fgd_randproj`` with the random projection (module docstring)."""
 
     full_state_update = False
     name = "fgd"
-    name_suffix = "_randproj"
-    settings = ("feature_dim",)
+    optional_inputs = ("vis",)
 
     def __init__(self, feature_dim: int = 32, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dim = feature_dim
+        super().__init__(feature_dim, **kwargs)
         self.add_state("real", default=[], dist_reduce_fx="cat")
         self.add_state("fake", default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        self.fake.append(sequence_features(pred, self.dim))
-        self.real.append(sequence_features(target, self.dim))
+    def update(self, pred: torch.Tensor, target: torch.Tensor, vis: torch.Tensor | None = None) -> None:
+        """``pred``/``target`` (B, N, K, >=2); ``vis`` (B, N, K) the ground truth's visibility, applied to both."""
+        self.fake.append(self._features(pred, vis))
+        self.real.append(self._features(target, vis))
+
+    def _sets(self) -> tuple[torch.Tensor, torch.Tensor]:
+        return _rows(self.real), _rows(self.fake)
 
     def compute(self) -> torch.Tensor:
-        real, fake = dim_zero_cat(self.real), dim_zero_cat(self.fake)
+        real, fake = self._sets()
         if len(real) < 2 or len(fake) < 2:
             return torch.tensor(float("nan"))
         return torch.tensor(frechet_distance_from_features(real, fake), dtype=torch.float32)
 
+    def names(self) -> list[str]:
+        if not self.features.trained:
+            return [f"{self.name}{self.name_suffix}"]
+        return [self.name, *(f"{self.name}_{p}" for p in self.features.part_slices()), f"{self.name}_num_windows"]
 
-class GestureDiversity(SuiteMetric):
-    """Mean pairwise L2 distance between sequence features of generated samples (higher = more varied)."""
+    def results(self) -> dict[str, float]:
+        out = {self.names()[0]: float(self.compute())}
+        if self.features.trained:
+            real, fake = self._sets()
+            ok = len(real) >= 2 and len(fake) >= 2
+            for part, sl in self.features.part_slices().items():
+                value = frechet_distance_from_features(real[:, sl], fake[:, sl]) if ok else math.nan
+                out[f"{self.name}_{part}"] = value
+            out[f"{self.name}_num_windows"] = float(len(fake))
+        return out
+
+    def protocol(self) -> dict[str, Any]:
+        """What the number is: the metric, its features (encoder file and sha256), sample counts."""
+        real, fake = self._sets()
+        return {"metric": self.names()[0], "definition": "Fréchet distance of Gaussian fits (float64)",
+                **self.features.info, "num_generated": int(len(fake)), "num_real": int(len(real)),
+                "skipped_sequences": int(self.skipped)}
+
+
+def _rows(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    if isinstance(state, torch.Tensor):
+        return state.double()
+    return dim_zero_cat(state).double() if state else torch.zeros(0, 0, dtype=torch.float64)
+
+
+DIVERSITY_VARIANTS = ("bailando", "diffgesture")
+
+
+def diversity_bailando(features: torch.Tensor, real: torch.Tensor) -> float:
+    """Mean pairwise L2 distance of ``features`` z-scored by ``real``'s mean and population std (+ 1e-10)."""
+    f, r = features.double(), real.double()
+    if len(f) < 2 or len(r) < 1:
+        return math.nan
+    z = (f - r.mean(0)) / (r.std(0, unbiased=False) + 1e-10)
+    n = len(z)
+    return float(torch.pdist(z).sum() / (n * (n - 1) / 2))
+
+
+def diversity_diffgesture(features: torch.Tensor, n_pairs: int = 500, seed: int = 0) -> float:
+    """Mean L1 distance between the first ``min(N, n_pairs)`` rows and as many rows of a seeded random permutation."""
+    f = features.double()
+    if len(f) < 2:
+        return math.nan
+    n = min(len(f), int(n_pairs))
+    perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(int(seed)))[:n]
+    return float((f[:n] - f[perm.to(f.device)]).abs().sum(-1).mean())
+
+
+class GestureDiversity(_FeatureMetric):
+    """Diversity of generated (and, beside it, real) pose sequences in a published definition (module docstring)."""
 
     full_state_update = False
     name = "diversity"
     inputs = ("generated",)
-    settings = ("feature_dim",)
+    optional_inputs = ("reference", "vis")
 
-    def __init__(self, feature_dim: int = 32, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.dim = feature_dim
-        self.add_state("feats", default=[], dist_reduce_fx="cat")
+    def __init__(self, feature_dim: int = 32, *, variant: str = "bailando", n_pairs: int = 500, seed: int = 0,
+                 name: str | None = None, **kwargs: Any) -> None:
+        if variant not in DIVERSITY_VARIANTS:
+            raise ValueError(f"diversity variant {variant!r}: expected one of {DIVERSITY_VARIANTS}")
+        super().__init__(feature_dim, name=name or f"diversity_{variant}", **kwargs)
+        self.variant, self.n_pairs, self.seed = variant, int(n_pairs), int(seed)
+        self.add_state("fake", default=[], dist_reduce_fx="cat")
+        self.add_state("real", default=[], dist_reduce_fx="cat")
 
-    def update(self, pred: torch.Tensor) -> None:
-        self.feats.append(sequence_features(pred, self.dim))
+    def update(self, pred: torch.Tensor, reference: torch.Tensor | None = None,
+               vis: torch.Tensor | None = None) -> None:
+        """``pred`` (B, N, K, >=2); ``reference`` the ground truth (Bailando's z-scoring needs it)."""
+        self.fake.append(self._features(pred, vis))
+        if reference is not None:
+            self.real.append(self._features(reference, vis))
+
+    def _value(self, f: torch.Tensor, real: torch.Tensor) -> float:
+        if self.variant == "bailando":
+            return diversity_bailando(f, real)
+        return diversity_diffgesture(f, self.n_pairs, self.seed)
 
     def compute(self) -> torch.Tensor:
-        f = dim_zero_cat(self.feats)
-        n = f.shape[0]
-        if n < 2:
-            return torch.tensor(float("nan"))
-        d = torch.cdist(f, f)
-        return (d.sum() / (n * (n - 1))).float()
+        return torch.tensor(self._value(_rows(self.fake), _rows(self.real)), dtype=torch.float32)
+
+    def names(self) -> list[str]:
+        return [f"{self.name}{self.name_suffix}", f"{self.name}_real{self.name_suffix}"]
+
+    def results(self) -> dict[str, float]:
+        fake, real = _rows(self.fake), _rows(self.real)
+        return dict(zip(self.names(), (self._value(fake, real), self._value(real, real))))
+
+    def protocol(self) -> dict[str, Any]:
+        return {"metric": self.names()[0], "variant": self.variant, **self.features.info,
+                "num_generated": int(len(_rows(self.fake))), "num_real": int(len(_rows(self.real))),
+                **({"n_pairs": self.n_pairs, "seed": self.seed} if self.variant == "diffgesture" else {})}
 
 
-def audio_onsets(audio: torch.Tensor, hop: int = HOP) -> torch.Tensor:
-    """(B, n*hop) waveform -> (B, n) bool onsets: peaks of positive log-RMS flux above mean + 0.5 std."""
-    b = audio.shape[0]
-    n = audio.shape[1] // hop
-    rms = audio[:, :n * hop].double().view(b, n, hop).pow(2).mean(-1).sqrt()
-    flux = F.relu(torch.diff(torch.log(rms + 1e-4), dim=1, prepend=torch.log(rms[:, :1] + 1e-4)))
-    pad = F.pad(flux, (1, 1), value=-1.0)
-    peak = (flux > pad[:, :-2]) & (flux >= pad[:, 2:])
-    thr = flux.mean(1, keepdim=True) + 0.5 * flux.std(1, keepdim=True)
-    return peak & (flux > thr)
+# --------------------------------------------------------------------------------------------------- beats
+
+BEAT_VARIANTS: dict[str, dict[str, Any]] = {
+    "bailando": {"events": "beat", "sigma_s": 0.05, "smooth_s": 5.0 / 60.0, "pool": "clip"},
+    "diffgesture": {"events": "onset", "sigma_s": 0.1, "smooth_s": 0.0, "pool": "event"},
+}
+MOTION_POINTS = tuple(REGIONS["body"]) + tuple(HANDS)
 
 
-def motion_beats(poses: torch.Tensor, smooth: float = 1.0) -> torch.Tensor:
-    """(B, N, K, >=2) poses -> (B, N) bool motion beats: local minima of Gaussian-smoothed mean keypoint speed."""
-    idx = list(REGIONS["body"]) + list(HANDS)
-    xy = poses[:, :, idx, :2].double()
-    speed = (xy[:, 1:] - xy[:, :-1]).norm(dim=-1).mean(-1)
-    speed = torch.cat([speed[:, :1], speed], dim=1)  # frame i's speed = |p_i - p_{i-1}|
-    if smooth > 0:
-        r = max(1, int(round(3 * smooth)))
-        k = torch.exp(-0.5 * (torch.arange(-r, r + 1, dtype=torch.float64) / smooth) ** 2).to(speed.device)
-        speed = F.conv1d(F.pad(speed[:, None], (r, r), mode="replicate"), (k / k.sum()).view(1, 1, -1))[:, 0]
-    # strict minima (tolerance for round-off on plateaus); the first and last frames are never beats
-    tol = 1e-6 * speed.abs().amax(1, keepdim=True).clamp(min=1e-12)
-    pad = F.pad(speed, (1, 1), value=float("-inf"))
-    return (speed < pad[:, :-2] - tol) & (speed < pad[:, 2:] - tol)
+def audio_events(audio: np.ndarray, sample_rate: int = SAMPLE_RATE, events: str = "onset") -> np.ndarray:
+    """Times (s) of librosa's onsets (``onset.onset_detect``) or beats (``beat.beat_track``) of a mono waveform."""
+    import librosa
+
+    y = np.ascontiguousarray(audio, dtype=np.float32)
+    if events == "onset":
+        return np.asarray(librosa.onset.onset_detect(y=y, sr=sample_rate, units="time"), dtype=np.float64)
+    if events == "beat":
+        return np.asarray(librosa.beat.beat_track(y=y, sr=sample_rate, units="time")[1], dtype=np.float64)
+    raise ValueError(f"beat alignment events {events!r}: expected 'onset' or 'beat'")
+
+
+def motion_beats(poses: np.ndarray, fps: float, smooth_s: float = 0.0, vis: np.ndarray | None = None) -> np.ndarray:
+    """Times (s) of motion beats of one (N, K, >=2) pose sequence: local minima of the mean speed of the body and hand
+    points (velocity i = frame i+1 - frame i, at time i / fps), Gaussian-smoothed with σ = ``smooth_s`` seconds."""
+    from scipy.ndimage import gaussian_filter1d
+    from scipy.signal import argrelextrema
+
+    xy = np.asarray(poses, dtype=np.float64)[:, list(MOTION_POINTS), :2]
+    speed = np.linalg.norm(xy[1:] - xy[:-1], axis=-1)
+    if vis is None:
+        kinetic = speed.mean(-1)
+    else:
+        m = np.asarray(vis, dtype=bool)[:, list(MOTION_POINTS)]
+        m = (m[1:] & m[:-1]).astype(np.float64)
+        kinetic = (speed * m).sum(-1) / np.maximum(m.sum(-1), 1.0)
+    if smooth_s > 0:
+        kinetic = gaussian_filter1d(kinetic, smooth_s * fps)
+    return argrelextrema(kinetic, np.less)[0].astype(np.float64) / fps
+
+
+def beat_align_score(events: np.ndarray, beats: np.ndarray, sigma_s: float) -> float:
+    """Mean over audio events of exp(-d² / 2σ²), d the time to the nearest motion beat (nan without either)."""
+    if len(events) == 0 or len(beats) == 0:
+        return math.nan
+    d = np.abs(np.asarray(events)[:, None] - np.asarray(beats)[None]).min(1)
+    return float(np.exp(-d ** 2 / (2 * sigma_s ** 2)).mean())
 
 
 class BeatAlignment(SuiteMetric):
-    """Beat-align score of poses vs the audio they were generated for (higher = motion beats on onsets)."""
+    """Beat-align score of generated (and, beside it, real) poses vs the audio they go with (module docstring)."""
 
     full_state_update = False
     name = "beat_align"
     inputs = ("generated", "audio")
-    settings = ("beat_sigma", "hop")
+    optional_inputs = ("reference", "vis")
+    settings = ("hop", "sample_rate")
 
-    def __init__(self, beat_sigma: float = 3.0, hop: int = HOP, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        self.sigma, self.hop = beat_sigma, hop
-        self.add_state("score", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
-        self.add_state("count", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
+    def __init__(self, *, variant: str = "bailando", events: str | None = None, sigma_s: float | None = None,
+                 smooth_s: float | None = None, pool: str | None = None, hop: int = HOP,
+                 sample_rate: int = SAMPLE_RATE, name: str | None = None, **kwargs: Any) -> None:
+        if variant not in BEAT_VARIANTS:
+            raise ValueError(f"beat alignment variant {variant!r}: expected one of {sorted(BEAT_VARIANTS)}")
+        super().__init__(name=name or f"beat_align_{variant}", **kwargs)
+        given = {"events": events, "sigma_s": sigma_s, "smooth_s": smooth_s, "pool": pool}
+        opts = {**BEAT_VARIANTS[variant], **{k: v for k, v in given.items() if v is not None}}
+        if opts["pool"] not in ("clip", "event"):
+            raise ValueError(f"beat alignment pool {opts['pool']!r}: expected 'clip' or 'event'")
+        if opts["events"] not in ("onset", "beat"):
+            raise ValueError(f"beat alignment events {opts['events']!r}: expected 'onset' or 'beat'")
+        self.variant, self.events, self.pool = variant, str(opts["events"]), str(opts["pool"])
+        self.sigma_s, self.smooth_s = float(opts["sigma_s"]), float(opts["smooth_s"])
+        self.hop, self.sample_rate = int(hop), int(sample_rate)
+        self.fps = self.sample_rate / self.hop
+        for side in ("fake", "real"):  # per scored clip: score and number of audio events
+            self.add_state(f"{side}_score", default=[], dist_reduce_fx="cat")
+            self.add_state(f"{side}_events", default=[], dist_reduce_fx="cat")
+        self.add_state("clips", torch.tensor(0.0, dtype=torch.float64), dist_reduce_fx="sum")
 
-    def update(self, poses: torch.Tensor, audio: torch.Tensor) -> None:
-        """``poses`` (B, N, K, C), ``audio`` (B, >= N*hop) waveform aligned with the poses."""
+    def update(self, poses: torch.Tensor, audio: torch.Tensor, reference: torch.Tensor | None = None,
+               vis: torch.Tensor | None = None) -> None:
+        """``poses`` (B, N, K, C), ``audio`` (B, >= N·hop) 16 kHz waveform aligned with the poses; ``reference`` the
+        ground truth (scored beside); ``vis`` its visibility (masks the speed of invisible points)."""
         n = poses.shape[1]
-        onsets = audio_onsets(audio[:, :n * self.hop], self.hop)
-        beats = motion_beats(poses)
-        frames = torch.arange(n, device=poses.device, dtype=torch.float64)
-        for on, bt in zip(onsets, beats):
-            if not on.any() or not bt.any():
-                continue
-            d = (frames[on][:, None] - frames[bt][None]).abs().amin(1)
-            self.score += torch.exp(-(d ** 2) / (2 * self.sigma ** 2)).sum()
-            self.count += on.sum()
+        wave = audio[:, :n * self.hop].detach().float().cpu().numpy()
+        sides = [("fake", poses)] + ([("real", reference)] if reference is not None else [])
+        v = None if vis is None else vis.detach().cpu().numpy()
+        for b in range(poses.shape[0]):
+            ev = audio_events(wave[b], self.sample_rate, self.events)
+            self.clips += 1
+            for side, p in sides:
+                beats = motion_beats(p[b].detach().cpu().numpy(), self.fps, self.smooth_s, None if v is None else v[b])
+                score = beat_align_score(ev, beats, self.sigma_s)
+                if math.isfinite(score):
+                    getattr(self, f"{side}_score").append(torch.tensor([score], dtype=torch.float64))
+                    getattr(self, f"{side}_events").append(torch.tensor([float(len(ev))], dtype=torch.float64))
+
+    def _value(self, side: str) -> float:
+        s, e = _vec(getattr(self, f"{side}_score")), _vec(getattr(self, f"{side}_events"))
+        if len(s) == 0:
+            return math.nan
+        return float(s.mean()) if self.pool == "clip" else float((s * e).sum() / e.sum())
 
     def compute(self) -> torch.Tensor:
-        return (self.score / self.count.clamp(min=1)).float()
+        return torch.tensor(self._value("fake"), dtype=torch.float32)
+
+    def names(self) -> list[str]:
+        return [self.name, f"{self.name}_real"]
+
+    def results(self) -> dict[str, float]:
+        return dict(zip(self.names(), (self._value("fake"), self._value("real"))))
+
+    def protocol(self) -> dict[str, Any]:
+        return {"metric": self.name, "variant": self.variant, "audio_events": f"librosa {self.events}s",
+                "sigma_s": self.sigma_s, "smooth_s": self.smooth_s, "pool": self.pool, "fps": self.fps,
+                "clips": int(self.clips), "scored_clips": int(len(_vec(self.fake_score))),
+                "scored_real_clips": int(len(_vec(self.real_score)))}
+
+
+def _vec(state: list[torch.Tensor] | torch.Tensor) -> torch.Tensor:
+    if isinstance(state, torch.Tensor):
+        return state.reshape(-1).double()
+    return torch.cat(state).double() if state else torch.zeros(0, dtype=torch.float64)
+
+
+# --------------------------------------------------------------------------------------------------- suite
+
+#: entries of configs written before the `_real` values were logged by the metrics themselves (ignored)
+LEGACY_ENTRIES = ("diversity_real", "beat_align_real")
 
 
 class GestureSuite(Suite):
@@ -208,11 +502,14 @@ class GestureSuite(Suite):
     metric (a ``_target_`` entry).
 
     Args:
-        feature_dim: random-projection feature size of FGD and diversity.
-        beat_sigma: beat-align tolerance in frames.
-        hop: audio samples per pose frame (beat alignment).
-        entries: ``l2, fgd, diversity, diversity_real, beat_align, beat_align_real``: ``True``/``False`` or kwargs
-            (``enabled: false`` off); any other key: a metric named by ``_target_``.
+        feature_dim: random-projection feature size per part (FGD/diversity without an encoder).
+        encoder: trained FGD encoder (an ``experiment=fgd_encoder`` checkpoint or run folder): FGD and diversity
+            use its codes and ``fgd`` gets its standard name; ``None``: the random projection (``fgd_randproj``).
+        encoder_sha256: the encoder file's sha256; another file is refused.
+        hop, sample_rate: audio samples per pose frame and audio rate (beat alignment).
+        beat_sigma: ignored (older configs: σ in frames of the former beat alignment; σ is now per variant, in s).
+        entries: ``l2, fgd, diversity, diversity_diffgesture, beat_align, beat_align_diffgesture``:
+            ``True``/``False`` or kwargs (``enabled: false`` off); any other key: a metric named by ``_target_``.
     """
 
     arguments: ClassVar[tuple[str, ...]] = ("vis", "audio")
@@ -220,20 +517,32 @@ class GestureSuite(Suite):
         "l2": Builtin(KeypointL2),
         "fgd": Builtin(FrechetGestureDistance),
         "diversity": Builtin(GestureDiversity),
-        "diversity_real": Builtin(GestureDiversity, defaults={"name": "diversity_real", "inputs": ("reference",)}),
+        "diversity_diffgesture": Builtin(GestureDiversity, defaults={"variant": "diffgesture"}),
         "beat_align": Builtin(BeatAlignment),
-        "beat_align_real": Builtin(BeatAlignment, defaults={"name": "beat_align_real",
-                                                            "inputs": ("reference", "audio")}),
+        "beat_align_diffgesture": Builtin(BeatAlignment, defaults={"variant": "diffgesture"}),
     }
 
-    def __init__(self, feature_dim: int = 32, beat_sigma: float = 3.0, hop: int = HOP, **entries: Any) -> None:
-        super().__init__(entries, {"feature_dim": int(feature_dim), "beat_sigma": float(beat_sigma), "hop": int(hop)})
+    def __init__(self, feature_dim: int = 32, encoder: str | None = None, encoder_sha256: str | None = None,
+                 hop: int = HOP, sample_rate: int = SAMPLE_RATE, beat_sigma: float | None = None,
+                 **entries: Any) -> None:
+        for key in LEGACY_ENTRIES:
+            entries.pop(key, None)
+        features = PoseFeatures(encoder, encoder_sha256, feature_dim)
+        if features.trained:
+            log.info("gesture metrics: FGD encoder %s (sha256 %s)", features.info["encoder"],
+                     features.info["encoder_sha256"])
+        super().__init__(entries, {"feature_dim": int(feature_dim), "features": features, "hop": int(hop),
+                                   "sample_rate": int(sample_rate)})
 
     def update(self, generated: torch.Tensor, reference: torch.Tensor | None = None,  # type: ignore[override]
                vis: torch.Tensor | None = None, audio: torch.Tensor | None = None) -> None:
         """``vis`` (B, N, K) bool visibility of the ground truth; ``audio`` (B, >= N*hop) waveform (beat alignment is
         skipped without it)."""
         super().update(generated, reference, vis=vis, audio=audio)
+
+    def protocol(self) -> dict[str, dict[str, Any]]:
+        """Each member's :meth:`protocol` (set-level metrics), by config key."""
+        return {k: m.protocol() for k, m in self.metrics.items() if callable(getattr(m, "protocol", None))}
 
 
 class GestureMetrics(GestureSuite):

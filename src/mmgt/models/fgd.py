@@ -20,10 +20,11 @@ the dataset's motion. This module is that autoencoder for mmgt's 2-D whole-body 
 * **Visibility-aware parts.** The pose is split into body (OpenPose-18 without knees and ankles), hands and face,
   each with its own encoder, so the 68 face points do not outweigh the 14 body points; the code is the parts'
   codes concatenated (``parts`` order). Points the stage-1 loss never supervises — knees, ankles and feet — are
-  not inputs at all. Per point the input is (x, y) relative to the part's anchor (body: the neck; each hand and the
-  face: the centroid of their visible points, so a hand's code is its shape, its place is in the body's wrists),
-  multiplied by the point's visibility, plus the visibility itself; a point invisible in the ground truth at a
-  frame therefore contributes nothing there, for generated and real sequences alike.
+  not inputs at all. Per point the input is (x, y) relative to the part's anchor (body: the neck, or where it is not
+  visible the centroid of the visible body points; each hand and the face: the centroid of their visible points, so
+  a hand's code is its shape, its place is in the body's wrists), multiplied by the point's visibility, plus the
+  visibility itself; a point invisible in the ground truth at a frame therefore contributes nothing there, for
+  generated and real sequences alike.
 """
 
 from __future__ import annotations
@@ -67,10 +68,10 @@ def part_inputs(poses: torch.Tensor, vis: torch.Tensor | None = None,
         chunks = []
         for idx, anchor in PART_GROUPS[part]:
             p, m = xy[:, :, list(idx)], v[:, :, list(idx)].float()[..., None]
-            if anchor is None:
-                centre = (p * m).sum(2, keepdim=True) / m.sum(2, keepdim=True).clamp(min=1.0)
-            else:
-                centre = xy[:, :, anchor:anchor + 1]
+            centre = (p * m).sum(2, keepdim=True) / m.sum(2, keepdim=True).clamp(min=1.0)
+            if anchor is not None:  # the anchor point where it is visible, else the visible points' centroid
+                seen = v[:, :, anchor:anchor + 1, None]
+                centre = torch.where(seen, xy[:, :, anchor:anchor + 1], centre)
             chunks.append(torch.cat([(p - centre) * m, m], dim=-1))
         out[part] = torch.cat(chunks, dim=2).flatten(2)
     return out
