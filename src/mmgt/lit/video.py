@@ -398,17 +398,20 @@ class VideoModule(ResumableTraining, L.LightningModule):
         self.on_validation_epoch_end()
 
     def _log_media(self, batch: dict[str, Any], x: dict[str, Any], gt: torch.Tensor, fake: torch.Tensor) -> None:
-        from mmgt.callbacks.media import log_video, side_by_side
+        from mmgt.callbacks.media import log_panel
 
         hw = tuple(gt.shape[-2:])
         n = min(int(self.hparams.validation["max_videos"]), gt.shape[0])
         fps = float(self.hparams.data_info.get("fps", 25.0))
         for i in range(n):
-            parts = [_to_uint8(gt[i]), _to_uint8(x["pose"][i].float())]
+            parts = {"ground truth": _to_uint8(gt[i]), "pose": _to_uint8(x["pose"][i].float())}
             if "masks" in batch:
-                parts.append(_to_uint8(mask_video(batch["masks"][i, :, :gt.shape[1]], hw)))
-            parts.append(_to_uint8(fake[i]))
-            log_video(self.loggers, f"val/sample_{i}", side_by_side(*parts), step=self.global_step, fps=fps)
+                parts["masks"] = _to_uint8(mask_video(batch["masks"][i, :, :gt.shape[1]], hw))
+            parts["generated"] = _to_uint8(fake[i])
+            audio = batch["audio"][i] if "audio" in batch else None  # the window's 16 kHz speech, cut to the panel
+            where = f"clip {batch['clip_id'][i]}, from frame {int(batch['start'][i])}" if "clip_id" in batch else ""
+            log_panel(self.loggers, f"val/sample_{i}", parts, step=self.global_step, fps=fps, caption=where,
+                      audio=audio)
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoints.stamp(checkpoint, "video", substage=self.substage)
