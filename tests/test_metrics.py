@@ -222,21 +222,21 @@ def test_identical_videos_give_ideal_values_and_randinit_names():
     assert suite.names == ["psnr", "ssim", "lpips_randinit", fvd_name, f"{fvd_name}_num_clips",
                            "kpsync_v1_conf_randinit", "kpsync_v1_dist_randinit", "kpsync_v1_offset_randinit",
                            "kpsync_v1_num_clips", "fid_r96_randinit", "fid_num_frames"]
-    _, ref = _videos(2, b=2, t=17)
-    audio = torch.randn(2, 17 * 640) * 0.1
+    _, ref = _videos(2, b=2, t=9)
+    audio = torch.randn(2, 9 * 640) * 0.1
     suite.update(ref, ref.clone(), audio=audio)
     out = suite.compute()
     assert out["psnr"] == 100.0  # the cap
     assert out["ssim"] == pytest.approx(1.0, abs=1e-6)
     assert out["lpips_randinit"] == pytest.approx(0.0, abs=1e-6)
     assert out[fvd_name] == pytest.approx(0.0, abs=1e-6)
-    assert out[f"{fvd_name}_num_clips"] == 4  # two 8-frame clips per 17-frame video, the 17th frame ignored
-    assert out["fid_r96_randinit"] == pytest.approx(0.0, abs=1e-6) and out["fid_num_frames"] == 34
+    assert out[f"{fvd_name}_num_clips"] == 2  # one 8-frame clip per 9-frame video, the 9th frame ignored
+    assert out["fid_r96_randinit"] == pytest.approx(0.0, abs=1e-6) and out["fid_num_frames"] == 18
     assert np.isfinite(out["kpsync_v1_conf_randinit"]) and out["kpsync_v1_dist_randinit"] > 0
     assert out["kpsync_v1_num_clips"] == 2
     assert not any(k.startswith(("sync_", "lse")) for k in out)  # the keypoint-crop monitor is not LSE-C/D
     card = suite.last_card
-    assert card["fvd"]["metric"] == fvd_name and card["fvd"]["num_clips"] == 4
+    assert card["fvd"]["metric"] == fvd_name and card["fvd"]["num_clips"] == 2
     assert card["fvd"]["weights_status"] == "random-init" and card["sync"]["min_frames"] == 7
     # and the random-init FVD is informative: different videos are far apart
     fvd = suite.metrics["fvd"]
