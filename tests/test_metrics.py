@@ -510,7 +510,8 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     assert {"psnr", "ssim", "lpips_randinit", "fvd_videogpt_r16_8f_randinit", "kpsync_v3_conf_randinit",
             "kpsync_v3_dist_randinit"} <= set(m)
     card = report["protocol"]  # the protocol card beside the numbers
-    assert card["fvd"]["metric"] == "fvd_videogpt_r16_8f_randinit" and card["fvd"]["num_clips"] == 2 + 1  # 16 and 14 frames: 8-frame clips
+    assert card["fvd"]["metric"] == "fvd_videogpt_r16_8f_randinit"
+    assert card["fvd"]["num_clips"] == 2 + 1  # 16 and 14 frames: 8-frame clips
     assert card["lpips"]["num_frames"] == 16 + 14 and card["sync"]["num_clips"] == 2
     assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
     assert m["fid_r96_randinit"] > 0 and m["fid_num_frames"] == 16 + 14  # optional FID from the config: every frame
