@@ -25,7 +25,7 @@ NET = dict(codec=dict(type="pixel", factor=2), image_encoder=dict(type="conv", c
 
 @pytest.mark.slow
 def test_evaluate_checkpoint_on_test_split(synthetic_corpus: Path, tmp_path: Path) -> None:
-    dm = PATSDataModule(synthetic_corpus, "video", n_frames=2, stride=16, batch_size=2, image_size=32,
+    dm = PATSDataModule(synthetic_corpus, "video", n_frames=4, stride=16, batch_size=2, image_size=32,
                         mask=MaskConfig(cell=2).to_dict(), progress=False)
     model = VideoModule(NET, attention={"type": "mm_haa", "blocks": ["down"]}, substage="b",
                         data_info=dm.info(), sampling={"steps": 2, "guidance": 1.0, "context_frames": 2,

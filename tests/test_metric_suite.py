@@ -201,27 +201,28 @@ def test_gesture_suite_from_the_config_group_equals_the_metrics(tmp_path: Path) 
         s.update(p["pred"], p["target"], vis=p["vis"], audio=p["audio"])
     old_surface.update(p["pred"], p["target"], p["vis"], p["audio"])
 
-    l2, fgd, div, div_real = KeypointL2(), FrechetGestureDistance(16), GestureDiversity(16), GestureDiversity(16)
-    beat, beat_real = BeatAlignment(3.0), BeatAlignment(3.0)
+    l2, fgd = KeypointL2(), FrechetGestureDistance(16)
+    div, div_dg = GestureDiversity(16), GestureDiversity(16, variant="diffgesture")
+    beat, beat_dg = BeatAlignment(), BeatAlignment(variant="diffgesture")
     l2.update(p["pred"], p["target"], p["vis"])
-    fgd.update(p["pred"], p["target"])
-    div.update(p["pred"])
-    div_real.update(p["target"])
-    beat.update(p["pred"], p["audio"])
-    beat_real.update(p["target"], p["audio"])
-    expected = {**{f"l2_{k}": float(v) for k, v in l2.compute().items()}, "fgd_randproj": float(fgd.compute()),
-                "diversity": float(div.compute()), "diversity_real": float(div_real.compute()),
-                "beat_align": float(beat.compute()), "beat_align_real": float(beat_real.compute())}
+    fgd.update(p["pred"], p["target"], p["vis"])
+    for d in (div, div_dg):
+        d.update(p["pred"], p["target"], p["vis"])
+    for b in (beat, beat_dg):
+        b.update(p["pred"], p["audio"], reference=p["target"], vis=p["vis"])
+    expected = {k: float(v) for m in (l2, fgd, div, div_dg, beat, beat_dg) for k, v in m.results().items()}
     assert suite.names == list(expected)
     assert suite.compute() == expected and legacy.compute() == expected  # the same numbers, the same names
-    assert {k: float(v) for k, v in old_surface.compute().items()} == expected
+    old = {k: float(v) for k, v in old_surface.compute().items()}  # returned as float32 tensors
+    assert list(old) == list(expected) and old == pytest.approx(expected, rel=1e-6, nan_ok=True)
     assert old_surface.l2.update_count == 1
     # without audio beat alignment is skipped (nan; stage 1 logs finite values only)
     suite.reset()
-    with pytest.warns(UserWarning, match="without audio: beat_align"):
+    with pytest.warns(UserWarning, match="without audio"):
         suite.update(p["pred"], p["target"], vis=p["vis"])
     out = suite.compute()
-    assert math.isnan(out["beat_align"]) and math.isnan(out["beat_align_real"]) and out["l2_lips"] > 0
+    assert math.isnan(out["beat_align_bailando"]) and math.isnan(out["beat_align_bailando_real"])
+    assert out["l2_lips"] > 0
 
 
 def test_stored_suite_configs_pass_the_checkpoint_check(tmp_path: Path) -> None:
