@@ -1,4 +1,5 @@
-"""``python -m mmgt.prepare task=synthetic|validate|pats data.root=...``: build or check a corpus (a task is a file
+"""``python -m mmgt.prepare task=synthetic|validate|pats data.root=...``: build or check a corpus;
+``task=keypoints image=me.jpg``: the DWPose pose of a photo for ``mmgt.generate`` (a task is a file
 ``conf/task/<name>.yaml``; dataset importers add their own, see :mod:`mmgt.data.prepare`)."""
 
 from __future__ import annotations

@@ -1,7 +1,8 @@
 """The tasks of ``python -m mmgt.prepare`` (kept out of the entry point so tests can call them).
 
-``task=<name>`` selects ``conf/task/<name>.yaml``. ``synthetic`` and ``validate`` are built in; every other task is a
-dataset importer the task file names, so a new dataset needs its importer and its own task file, no edit here::
+``task=<name>`` selects ``conf/task/<name>.yaml``. ``synthetic``, ``validate`` and ``keypoints`` (the pose of your
+own photo, :mod:`mmgt.data.photo_pose`) are built in; every other task is a dataset importer the task file names, so
+a new dataset needs its importer and its own task file, no edit here::
 
     # conf/task/<name>.yaml (or on a search path: hydra.searchpath=[file:///my/conf])
     # @package _global_
@@ -23,7 +24,7 @@ from omegaconf import DictConfig
 from mmgt.data.corpus import MANIFEST, Corpus, CorpusWriteError
 from mmgt.utils.config import to_plain
 
-BUILTIN_TASKS = ("synthetic", "validate")  # every other task is an importer named in its conf/task/<name>.yaml
+BUILTIN_TASKS = ("synthetic", "validate", "keypoints")  # any other is an importer named in conf/task/<name>.yaml
 
 
 class Importer(Protocol):
@@ -71,6 +72,10 @@ def _run(cfg: DictConfig) -> int:
         n = len(Corpus(root)) if (root / MANIFEST).exists() and not any("manifest" in f.message for f in faults) \
             else None
         return report(root, faults, n)
+    if task == "keypoints":  # DWPose on a photo, a folder of them or a video (mmgt.data.photo_pose)
+        from mmgt.data.photo_pose import run as keypoints
+
+        return keypoints(cfg)
     importer = resolve_importer(cfg)
     settings = to_plain(cfg.get(task)) or {}
     workers = cfg.get("workers")

@@ -3,10 +3,12 @@
 Every check runs before any network is called (``python -m mmgt.generate`` runs them before it loads the networks),
 and a bad input is a :class:`~mmgt.errors.GenerationError` naming the file and the config key: empty or silent audio
 (the audio-driven models have nothing to follow), an image or keypoints file that does not decode, an initial pose
-with no visible person or with coordinates normalised to [0, 1] instead of pixels. Keypoints come in the mmgt
-134-point layout or as COCO-WholeBody (133, 3) arrays (converted: the neck is inserted). The image is fitted to the
-video model's frame by :class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio,
-antialiased bilinear resize, as the training frames are resized), each crop or upscale logged in one line; the
+with no visible person or with coordinates normalised to [0, 1] instead of pixels. Without keypoints the pose is
+estimated from the image (``estimator``; ``name: auto`` runs DWPose when its two ONNX files exist, and the "no
+initial pose" error says how to get them). Keypoints come in the mmgt 134-point layout or as COCO-WholeBody (133, 3)
+arrays (converted: the neck is inserted). The image is fitted to the video model's frame by
+:class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio, antialiased bilinear
+resize, as the training frames are resized), each crop or upscale logged in one line; the
 initial pose goes through the same map.
 """
 
@@ -179,29 +181,82 @@ def check_person(kp: np.ndarray, what: str, threshold: float = 0.3, min_points: 
                               "(need a visible upper body)")
 
 
-NO_POSE = ("no initial pose: give `keypoints=<file.npy>` (pixel keypoints of the image), `clip_id=<id>` with "
-           "`data.root=<corpus>`, or an `estimator` config")
+NO_POSE = "no initial pose"  # the start of the error (:func:`no_pose_message`)
+AUTO = "auto"  # estimator name: DWPose when both of its files exist, else no estimator
+
+
+def no_pose_message(estimator: Any = None, prefix: str = "estimator") -> str:
+    """The "no initial pose" error, saying how to get one: a keypoints file (which ``python -m mmgt.prepare
+    task=keypoints`` writes), a corpus clip, or the DWPose files at the configured paths (then used automatically)."""
+    from mmgt.pose.estimators import DWPOSE_FILES, dwpose_download_hint, missing_dwpose_files
+
+    cfg = dict(estimator) if isinstance(estimator, Mapping) else {}
+    missing = missing_dwpose_files(cfg) if cfg else dict.fromkeys(DWPOSE_FILES)
+    return (f"{NO_POSE}: give `keypoints=<file.npy>` (pixel keypoints of the image; `python -m mmgt.prepare "
+            "task=keypoints image=<photo>` writes <photo>_pose.npy with DWPose, and a <photo>_pose.png preview), or "
+            "`clip_id=<id>` with `data.root=<corpus>`, or let generate estimate it with DWPose, used when no keypoints "
+            f"are given: {dwpose_download_hint(missing, prefix)}")
+
+
+def resolve_estimator(estimator: Any) -> Any:
+    """The estimator :func:`initial_pose` runs when no keypoints are given: None (``name`` null, or ``auto`` with a
+    DWPose file missing), an estimator object as given, or a config (``auto`` -> ``dwpose`` when both files exist)."""
+    if not isinstance(estimator, Mapping):
+        return estimator
+    cfg = dict(estimator)
+    name = cfg.get("name")
+    if name in (None, "", "none", "null"):
+        return None
+    if name == AUTO:
+        from mmgt.pose.estimators import missing_dwpose_files
+
+        if missing_dwpose_files(cfg):
+            return None
+        cfg["name"] = "dwpose"
+    return cfg
+
+
+def estimate_pose(image: np.ndarray, estimator: Any, what: str = "image", prefix: str = "estimator") -> np.ndarray:
+    """(134, 3) pixel keypoints of ``image`` from ``estimator`` (a :class:`~mmgt.pose.estimators.PoseEstimator` or
+    its config; ``name: auto`` as :func:`resolve_estimator`); any failure is a one-line :class:`GenerationError`
+    (missing DWPose files: which to download, from where, to which path)."""
+    from mmgt.pose.estimators import EstimatorError, build_estimator
+
+    est = resolve_estimator(estimator)
+    if est is None:
+        raise GenerationError(no_pose_message(estimator, prefix))
+    if isinstance(est, Mapping):
+        try:
+            est = build_estimator(dict(est), prefix=prefix)
+        except (EstimatorError, ValueError, ImportError) as err:  # missing files, unknown name, no onnxruntime
+            raise GenerationError(str(err)) from None
+        except Exception as err:  # noqa: BLE001 - e.g. onnxruntime refusing a corrupt or truncated .onnx file
+            files = ", ".join(str(est.get(k)) for k in ("det_model", "pose_model") if est.get(k))
+            raise GenerationError(f"cannot load the {est.get('name')} pose estimator ({files}): {err}") from None
+    name = type(est).__name__
+    try:
+        return np.asarray(est(image[None]), dtype=np.float32)[0]
+    except Exception as err:  # noqa: BLE001 - estimator failures are bad inputs for this image
+        raise GenerationError(f"pose estimator {name} failed on {what}: {err}") from err
 
 
 def initial_pose(image: np.ndarray, keypoints: Keypoints | None, estimator: Any = None,
                  what: str = "image") -> np.ndarray:
     """Pixel keypoints (134, 3) of the source ``image``: from ``keypoints`` or by running ``estimator`` (a
-    :class:`~mmgt.pose.estimators.PoseEstimator` or its config) on it; a pose with no visible person is refused."""
+    :class:`~mmgt.pose.estimators.PoseEstimator` or its config; ``name: auto``: DWPose when its files exist) on it,
+    logged; a pose with no visible person is refused."""
     if keypoints is not None:
         kp = load_keypoints(keypoints)
         src = f"keypoints file {keypoints}" if not isinstance(keypoints, np.ndarray) else "given keypoints"
-    elif estimator is not None:
-        from mmgt.pose.estimators import build_estimator
-
-        est = build_estimator(dict(estimator)) if isinstance(estimator, Mapping) else estimator
-        name = type(est).__name__
-        try:
-            kp = np.asarray(est(image[None]), dtype=np.float32)[0]
-        except Exception as err:  # noqa: BLE001 - estimator failures are bad inputs for this image
-            raise GenerationError(f"pose estimator {name} failed on {what}: {err}") from err
-        src = f"{name} on {what}"
     else:
-        raise GenerationError(NO_POSE)
+        kp = estimate_pose(image, estimator, what)
+        est = resolve_estimator(estimator)
+        files = (f" ({est.get('det_model')}, {est.get('pose_model')})"
+                 if isinstance(est, Mapping) and est.get("name") == "dwpose" else "")
+        name = est.get("name") if isinstance(est, Mapping) else type(est).__name__
+        src = f"{name} on {what}"
+        log.info("no keypoints given: the initial pose of %s is estimated with %s%s, %d visible keypoints", what,
+                 name, files, int((kp[:, 2] >= 0.3).sum()))
     check_person(kp, src)
     check_keypoint_range(kp, image.shape[:2], src)
     return kp
@@ -250,6 +305,6 @@ def clip_inputs(root: str | Path, clip_id: str, frame0: bool = True) -> ClipInpu
     return ClipInputs(image, kp, corpus.path(rec, "audio"), corpus.path(rec, "video"))
 
 
-__all__ = ["IMAGE_SUFFIXES", "NO_POSE", "VIDEO_SUFFIXES", "ClipInputs", "Inputs", "check_keypoint_range",
-           "check_person", "clip_inputs", "fit_image",
-           "initial_pose", "load_keypoints", "load_speech", "n_frames_for", "read_image", "read_inputs"]
+__all__ = ["AUTO", "IMAGE_SUFFIXES", "NO_POSE", "VIDEO_SUFFIXES", "ClipInputs", "Inputs", "check_keypoint_range",
+           "check_person", "clip_inputs", "estimate_pose", "fit_image", "initial_pose", "load_keypoints", "load_speech",
+           "n_frames_for", "no_pose_message", "read_image", "read_inputs", "resolve_estimator"]

@@ -1,12 +1,12 @@
 """The ``generate`` task: the ``python -m mmgt.generate`` config (``conf/generate.yaml``) turned into pipeline calls.
 
-Three modes: one video from ``image`` + ``audio`` (+ ``keypoints`` or an ``estimator``), one corpus clip
-(``clip_id``), or every clip of a ``split`` (videos at the top of ``out``, pose/panel videos in subfolders, so
-``python -m mmgt.evaluate`` pairs only the videos by name). The sampling options are built once from the ``smga`` /
-``video`` blocks (:meth:`~mmgt.generation.options.Sampling.from_config`). Every input is decoded and checked before
-any network is loaded (:func:`check_inputs`: the image, the speech, the initial pose; output folders written to
-once), so a bad file is one line within seconds; every generated video is appended to ``generation.json`` in the run
-folder.
+Three modes: one video from ``image`` + ``audio`` (+ ``keypoints``, or the ``estimator``: by default DWPose when its
+files are at the configured paths), one corpus clip (``clip_id``), or every clip of a ``split`` (videos at the top of
+``out``, pose/panel videos in subfolders, so ``python -m mmgt.evaluate`` pairs only the videos by name). The sampling
+options are built once from the ``smga`` / ``video`` blocks (:meth:`~mmgt.generation.options.Sampling.from_config`).
+Every input is decoded and checked before any network is loaded (:func:`check_inputs`: the image, the speech, the
+initial pose; output folders written to once), so a bad file is one line within seconds; every generated video is
+appended to ``generation.json`` in the run folder.
 """
 
 from __future__ import annotations
@@ -83,9 +83,9 @@ def check_inputs(c: Mapping[str, Any], root: str | None) -> dict[str, Any]:
     audio = io.load_speech(c.get("audio") or clip.audio, min_peak)
     out: dict[str, Any] = {"audio": audio if c.get("audio") else None}
     if c.get("image"):
-        if c.get("keypoints") is None and c.get("estimator") is None:
-            raise GenerationError(f"{io.NO_POSE} (image= replaces the frame of clip_id={c['clip_id']}, so its pose "
-                                  "must be given too)")
+        if c.get("keypoints") is None and io.resolve_estimator(c.get("estimator")) is None:
+            raise GenerationError(f"{io.no_pose_message(c.get('estimator'))} (image= replaces the frame of "
+                                  f"clip_id={c['clip_id']}, so its pose must be given too)")
         image = io.read_image(c["image"])
         pose = io.initial_pose(image, c.get("keypoints"), c.get("estimator"), str(c["image"]))
         out.update(image=image, keypoints=pose, estimator=None)

@@ -13,7 +13,8 @@ without a person are all zeros). Backends:
   frames (:class:`CropTransform`), which is why the pipeline passes a :class:`PoseContext`.
 
 No PyPI package ships whole-body weights (dwpose, dwposes, easy-dwpose and rtmlib all download them at run
-time), so there is no third backend: weights are always local files named in the config.
+time), so there is no third backend: weights are always local files named in the config; when they are missing the
+error (:class:`MissingWeightsError`) says which release file to download from where to which path.
 
 This module deliberately avoids importing torch (it runs inside spawned preparation workers).
 """
@@ -278,15 +279,50 @@ def simcc_decode(simcc_x: np.ndarray, simcc_y: np.ndarray, split_ratio: float = 
     return out
 
 
-def _require(path: str | Path | None, key: str, what: str) -> Path:
-    if path is None:
-        raise FileNotFoundError(f"DWPose {what}: no file configured (config key {key}; the DWPose release files "
-                                f"yolox_l.onnx / dw-ll_ucoco_384.onnx, published on Hugging Face as yzd-v/DWPose)")
-    p = Path(path).expanduser()
-    if not p.is_file():
-        raise FileNotFoundError(f"DWPose {what} not found: {p} (config key {key}; the DWPose release files "
-                                f"yolox_l.onnx / dw-ll_ucoco_384.onnx, published on Hugging Face as yzd-v/DWPose)")
-    return p
+# The DWPose authors' ONNX release (Hugging Face yzd-v/DWPose): config key suffix -> (release file, what it is)
+DWPOSE_RELEASE = "https://huggingface.co/yzd-v/DWPose"
+DWPOSE_FILES = {"det_model": ("yolox_l.onnx", "person detector"),
+                "pose_model": ("dw-ll_ucoco_384.onnx", "whole-body pose model")}
+
+
+class MissingWeightsError(EstimatorError, FileNotFoundError):
+    """DWPose ONNX files not on disk (nothing is downloaded at run time): the message names each missing file, the
+    release file to download for it, from where, and the config key that points at it."""
+
+
+def missing_dwpose_files(cfg: dict | None) -> dict[str, Path | None]:
+    """``{key: configured path (None: unset)}`` of the DWPose files of an estimator config that are not on disk."""
+    cfg = dict(cfg or {})
+    out: dict[str, Path | None] = {}
+    for key in DWPOSE_FILES:
+        path = cfg.get(key)
+        p = Path(str(path)).expanduser() if path not in (None, "") else None
+        if p is None or not p.is_file():
+            out[key] = p
+    return out
+
+
+def dwpose_download_hint(missing: dict[str, Path | None], prefix: str = "estimator") -> str:
+    """Which release files to download, from where, to which paths (and which config keys name them)."""
+    parts = []
+    for key, path in missing.items():
+        url = f"{DWPOSE_RELEASE}/resolve/main/{DWPOSE_FILES[key][0]}"
+        parts.append(f"{url} to {path} (config key {prefix}.{key})" if path is not None
+                     else f"{url} and set {prefix}.{key}=<its path>")
+    return (f"download {' and '.join(parts)}, the DWPose release on Hugging Face (yzd-v/DWPose), or point "
+            f"{'that key' if len(parts) == 1 else 'those keys'} at copies you already have")
+
+
+def require_dwpose(det_model: str | Path | None, pose_model: str | Path | None,
+                   prefix: str = "pats.estimator") -> tuple[Path, Path]:
+    """Both DWPose files as Paths, or one :class:`MissingWeightsError` line naming every missing one and how to get
+    it (``prefix``: where the app's config keeps the estimator, e.g. ``estimator`` for generate)."""
+    missing = missing_dwpose_files({"det_model": det_model, "pose_model": pose_model})
+    if missing:
+        what = " and ".join(DWPOSE_FILES[k][1] for k in missing)
+        raise MissingWeightsError(f"DWPose {what} not found (nothing is downloaded at run time): "
+                                  f"{dwpose_download_hint(missing, prefix)}")
+    return Path(str(det_model)).expanduser(), Path(str(pose_model)).expanduser()
 
 
 class DWPoseEstimator(PoseEstimator):
@@ -307,8 +343,7 @@ class DWPoseEstimator(PoseEstimator):
                  std: tuple[float, float, float] = (58.395, 57.12, 57.375), bgr: bool = False,
                  simcc_split_ratio: float = 2.0, bbox_padding: float = 1.25, detect_every: int = 1,
                  threads: int | None = None, config_prefix: str = "pats.estimator") -> None:
-        det_path = _require(det_model, f"{config_prefix}.det_model", "person detector")
-        pose_path = _require(pose_model, f"{config_prefix}.pose_model", "whole-body pose model")
+        det_path, pose_path = require_dwpose(det_model, pose_model, config_prefix)
         try:
             import onnxruntime as ort
         except ImportError as err:  # pragma: no cover - depends on the install
@@ -420,8 +455,7 @@ def check_estimator_config(cfg: dict | None, prefix: str = "pats.estimator") -> 
     if name == "precomputed":
         PrecomputedEstimator(cfg.get("keypoints_dir"))
     elif name == "dwpose":
-        _require(cfg.get("det_model"), f"{prefix}.det_model", "person detector")
-        _require(cfg.get("pose_model"), f"{prefix}.pose_model", "whole-body pose model")
+        require_dwpose(cfg.get("det_model"), cfg.get("pose_model"), prefix)
         try:
             import onnxruntime  # noqa: F401
         except ImportError as err:
@@ -431,8 +465,10 @@ def check_estimator_config(cfg: dict | None, prefix: str = "pats.estimator") -> 
         raise ValueError(f"{prefix}.name={name!r}: expected one of {ESTIMATORS}")
 
 
-def build_estimator(cfg: dict | None, threads: int | None = None) -> PoseEstimator:
-    """Estimator from its config block ``{name: dwpose|precomputed, ...}`` (see conf/pats/default.yaml)."""
+def build_estimator(cfg: dict | None, threads: int | None = None, prefix: str = "pats.estimator") -> PoseEstimator:
+    """Estimator from its config block ``{name: dwpose|precomputed, ...}`` (see conf/pats/default.yaml); ``prefix``
+    is where that block sits in the app's config, for the error messages (``estimator`` in generate and
+    ``prepare task=keypoints``)."""
     cfg = dict(cfg or {})
     name = cfg.pop("name", None)
     if name == "precomputed":
@@ -446,5 +482,5 @@ def build_estimator(cfg: dict | None, threads: int | None = None) -> PoseEstimat
                 kwargs[k] = tuple(kwargs[k])
         kwargs.setdefault("det_model", None)
         kwargs.setdefault("pose_model", None)
-        return DWPoseEstimator(threads=cfg.get("threads") or threads, **kwargs)
-    raise ValueError(f"pats.estimator.name={name!r}: expected one of {ESTIMATORS}")
+        return DWPoseEstimator(threads=cfg.get("threads") or threads, config_prefix=prefix, **kwargs)
+    raise ValueError(f"{prefix}.name={name!r}: expected one of {ESTIMATORS}")
