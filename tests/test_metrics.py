@@ -524,7 +524,20 @@ def test_evaluate_cli_over_two_folders(tmp_path):
     assert np.mean([float(r["psnr"]) for r in per_video]) == pytest.approx(m["psnr"], rel=1e-6)
     assert np.mean([float(r["kpsync_v3_dist_randinit"]) for r in per_video]) == pytest.approx(
         m["kpsync_v3_dist_randinit"], rel=1e-5)
-    assert "psnr" in proc.stdout
+    assert "psnr" in proc.stdout and "copy reference" in proc.stdout and "random-init" in proc.stdout
+    # the baselines, scored by the same suite against the same ground truth
+    from skimage.metrics import peak_signal_noise_ratio
+
+    from mmgt.data.video_io import read_video
+
+    base = report["baselines"]
+    assert set(base) == {"copy_reference", "ground_truth"} and set(base["copy_reference"]) == set(m)
+    assert base["ground_truth"]["psnr"] == pytest.approx(100.0)  # identical frames: the protocol's cap
+    per_clip = []
+    for name, t in (("clip0", 16), ("clip1", 14)):  # clip1 truncated to the generated 14 frames
+        ref = read_video(tmp_path / "ref" / f"{name}.mp4")[:t].astype(np.float64) / 255
+        per_clip.append(np.mean([min(100.0, peak_signal_noise_ratio(f, ref[0], data_range=1.0)) for f in ref]))
+    assert base["copy_reference"]["psnr"] == pytest.approx(float(np.mean(per_clip)), rel=1e-4)
 
 
 def test_batchnorm_folding_keeps_the_function() -> None:

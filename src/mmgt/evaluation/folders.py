@@ -6,19 +6,30 @@ reference size, and names present in only one folder are listed and fail the run
 Audio for the sync monitor: the generated mp4's track, else ``<name>.wav`` beside it, else the reference's; mouth
 location: ``<name><keypoints_ext>`` keypoints beside the reference or generated video. The suite's protocol card
 (what each number is, weight files and checksums, clip counts) goes into ``metrics.json`` and TensorBoard.
+
+``baselines`` are scored beside the generated videos by the same suite, against the same ground truth:
+``copy_reference`` (the reference's first frame repeated: a generator must beat it to have followed the motion) and
+``ground_truth`` (the reference itself: e.g. its own sync score). They are printed as columns of the table and
+stored under ``baselines`` in ``metrics.json``.
 """
 
 from __future__ import annotations
 
 import logging
+import math
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 from omegaconf import DictConfig, OmegaConf
 
 from mmgt.data.video_io import HOP
 from mmgt.evaluation.reports import print_table, write_per_video, write_reports
+
+if TYPE_CHECKING:
+    import torch
 
 log = logging.getLogger("mmgt.evaluate")
 
@@ -96,6 +107,18 @@ def load_pair(name: str, gen: Path, ref: Path, ext: str, notes: list[str]):
     return gt, rt, audio, kp
 
 
+def copy_reference(reference: torch.Tensor) -> torch.Tensor:
+    """(B, T, 3, H, W) -> the first frame repeated: what a generator that ignores pose and audio would give."""
+    return reference[:, :1].expand_as(reference).contiguous()
+
+
+BASELINES: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    # scored like a generated video, against the same ground truth (the yardsticks a number needs)
+    "copy_reference": copy_reference,  # repeat frame 0: beating it means the motion was followed
+    "ground_truth": lambda reference: reference,  # the ground truth itself: its own sync / FVD floor
+}
+
+
 def evaluate_folders(cfg: DictConfig) -> int:
     """Mode (a). Returns the process exit code."""
     import torch
@@ -117,6 +140,11 @@ def evaluate_folders(cfg: DictConfig) -> int:
     device = torch.device("cuda" if cfg.device == "auto" and torch.cuda.is_available()
                           else "cpu" if cfg.device == "auto" else cfg.device)
     suite = build_suite(cfg.metrics, MetricSuite).to(device)
+    wanted = list(cfg.get("baselines") or [])
+    unknown = [b for b in wanted if b not in BASELINES]
+    if unknown:
+        raise ValueError(f"evaluate.baselines: unknown {unknown}; known: {list(BASELINES)}")
+    baselines = {b: build_suite(cfg.metrics, MetricSuite).to(device) for b in wanted}
     notes: list[str] = []
     rows: list[dict] = []
     for name, gen, ref in tqdm(pairing.pairs, desc="evaluate", unit="video"):
@@ -127,14 +155,19 @@ def evaluate_folders(cfg: DictConfig) -> int:
         suite.update(g.to(device), r.to(device), audio=audio, keypoints=kp)
         rows.append({"video": name, "frames": g.shape[1],
                      **{k: v[0] for k, v in suite.last_per_clip().items() if v}})
+        for b, base in baselines.items():
+            base.update(BASELINES[b](r).to(device), r.to(device), audio=audio, keypoints=kp)
     metrics = suite.compute()
+    base_metrics = {b: base.compute() for b, base in baselines.items()}
     out_dir = Path(cfg.paths.output_dir)
     info = {"pairs": [p[0] for p in pairing.pairs], "only_generated": pairing.only_generated,
             "only_reference": pairing.only_reference, "notes": notes, "generated": str(cfg.generated),
-            "reference": str(cfg.reference), "metrics_config": OmegaConf.to_container(cfg.metrics, resolve=True)}
+            "reference": str(cfg.reference), "metrics_config": OmegaConf.to_container(cfg.metrics, resolve=True),
+            "baselines": {b: {k: (v if math.isfinite(v) else None) for k, v in m.items()}
+                          for b, m in base_metrics.items()}}
     write_reports(out_dir, metrics, info, bool(cfg.tensorboard), protocol=suite.last_card)
     write_per_video(out_dir / "per_video.csv", rows)
-    print_table(metrics, len(pairing.pairs))
+    print_table(metrics, len(pairing.pairs), base_metrics)
     log.info("wrote %s and %s", out_dir / "metrics.json", out_dir / "metrics.csv")
     return 0
 

@@ -68,17 +68,32 @@ def write_per_video(path: Path, rows: list[dict[str, Any]]) -> None:
         w.writerows(rows)
 
 
-def print_table(metrics: dict[str, float], n_pairs: int) -> None:
+def print_table(metrics: dict[str, float], n_pairs: int,
+                baselines: dict[str, dict[str, float]] | None = None) -> None:
+    """The metrics, one row each, with a column per baseline scored by the same suite (``copy_reference``,
+    ``ground_truth``); a caption says when numbers come from random-init feature networks."""
     from rich.console import Console
     from rich.table import Table
 
-    table = Table(title=f"mmgt.evaluate — {n_pairs} video pairs")
+    baselines = baselines or {}
+
+    def fmt(k: str, v: float | None) -> str:
+        if v is None:
+            return "-"
+        return str(v) if not math.isfinite(v) else f"{int(v)}" if "_num_" in k else f"{v:.4f}"
+
+    caption = None
+    if any("randinit" in k for k in metrics):
+        caption = ("*_randinit: computed with random-init feature networks (no published weights): comparable only "
+                   "with each other, not with published numbers")
+    table = Table(title=f"mmgt.evaluate — {n_pairs} video pairs", caption=caption)
     table.add_column("metric")
-    table.add_column("value", justify="right")
+    table.add_column("generated", justify="right")
+    for name in baselines:
+        table.add_column(name.replace("_", " "), justify="right")
     for k, v in metrics.items():
-        text = str(v) if not math.isfinite(v) else f"{int(v)}" if "_num_" in k else f"{v:.4f}"
-        table.add_row(k, text)
-    Console().print(table)
+        table.add_row(k, fmt(k, v), *(fmt(k, b.get(k)) for b in baselines.values()))
+    Console(width=max(100, 30 + 14 * (1 + len(baselines)))).print(table)
 
 
 __all__ = ["flat_card", "print_table", "write_per_video", "write_reports"]
