@@ -113,6 +113,7 @@ def test_keypoints_task_writes_pose_and_overlay(dwpose, photo, capsys) -> None:
     npy, png = photo.with_name("me_pose.npy"), photo.with_name("me_pose.png")
     out = capsys.readouterr().out.splitlines()
     assert [ln.split(":")[0] for ln in out] == [str(npy), str(png)]  # one line per written file
+    assert "(134, 3) pixel keypoints" in out[0] and f"keypoints={npy}" in out[0]
     kp = np.load(npy)
     assert kp.shape == (134, 3) and kp.dtype == np.float32 and np.isfinite(kp).all()
     assert np.allclose(kp[:, 2], 0.7, atol=1e-3)  # the smaller SimCC peak

@@ -76,6 +76,7 @@ def estimate_file(path: Path, estimator: Any, out_dir: Path | None = None,
     from PIL import Image
 
     from mmgt.data.video_io import atomic_path
+    from mmgt.generation.inputs import VIDEO_SUFFIXES
 
     frames = _read(path)
     kp = np.asarray(estimator(frames), np.float32)
@@ -86,10 +87,12 @@ def estimate_file(path: Path, estimator: Any, out_dir: Path | None = None,
     first = int(np.argmax(seen > 0))
     folder = Path(out_dir).expanduser() if out_dir else path.parent
     npy, png = folder / f"{path.stem}{SUFFIX}.npy", folder / f"{path.stem}{SUFFIX}.png"
+    preview = draw_overlay(frames[first], kp[first])
+    kp = kp[0] if len(frames) == 1 and path.suffix.lower() not in VIDEO_SUFFIXES else kp  # a photo: (134, 3)
     with atomic_path(npy) as tmp:
-        np.save(tmp, kp[0] if len(frames) == 1 else kp)
+        np.save(tmp, kp)
     with atomic_path(png) as tmp:
-        Image.fromarray(draw_overlay(frames[first], kp[first])).save(tmp, format="PNG")
+        Image.fromarray(preview).save(tmp, format="PNG")
     return npy, png, kp
 
 

@@ -8,8 +8,8 @@ estimated from the image (``estimator``; ``name: auto`` runs DWPose when its two
 initial pose" error says how to get them). Keypoints come in the mmgt 134-point layout or as COCO-WholeBody (133, 3)
 arrays (converted: the neck is inserted). The image is fitted to the video model's frame by
 :class:`~mmgt.pose.conditioning.CropResize` (largest centred crop of the model's aspect ratio, antialiased bilinear
-resize, as the training frames are resized), each crop or upscale logged in one line; the
-initial pose goes through the same map.
+resize, as the training frames are resized), each crop or upscale logged in one line; the initial pose goes through
+the same map.
 """
 
 from __future__ import annotations
