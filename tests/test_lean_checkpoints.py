@@ -216,3 +216,38 @@ def test_paper_presets_keep_finitely_many_checkpoints(experiment, tmp_path) -> N
     mc = cfg.callbacks.model_checkpoint
     assert mc.save_last == "link" and 0 < mc.save_top_k < 20
     instantiate(mc)  # a valid ModelCheckpoint (finite top-k needs a monitored quantity)
+
+
+class _Windows(torch.utils.data.Dataset):
+    def __len__(self) -> int:
+        return 4
+
+    def __getitem__(self, i: int) -> dict:
+        return {k: v[0] for k, v in _batch(2, seed=i).items()}
+
+
+def test_lean_sub_stage_b_resumes_through_lightning(tmp_path) -> None:
+    """Lightning saves sub-stage B lean (ModelCheckpoint) and resumes it (ckpt_path) with its strict load."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    path_a = _save(_module(VIDEO_NET, "a"), tmp_path / "a.ckpt")
+
+    def fit(steps: int, ckpt_path: str | None = None) -> VideoModule:
+        m = _module(VIDEO_NET, "b", seed=1, init_from=str(path_a))
+        cb = ModelCheckpoint(dirpath=tmp_path / "ck", filename="step-{step}", every_n_train_steps=2, save_last=True)
+        trainer = L.Trainer(max_steps=steps, logger=False, enable_progress_bar=False, enable_model_summary=False,
+                            limit_val_batches=0, callbacks=[cb], plugins=[AtomicCheckpointIO()], accelerator="cpu")
+        trainer.fit(m, torch.utils.data.DataLoader(_Windows(), batch_size=2), ckpt_path=ckpt_path)
+        return m
+
+    first = fit(2)
+    raw = torch.load(tmp_path / "ck" / "last.ckpt", weights_only=True)
+    assert raw["mmgt"]["lean"]["sources"]["init_from"]["keys"]
+    assert {k for k in raw["state_dict"] if k.startswith("net.")} <= {f"net.{n}" for n in first.trainable_names}
+    resumed = fit(3, str(tmp_path / "ck" / "last.ckpt"))
+    assert resumed.trainer.global_step == 3
+    moved = [n for n, p in resumed.net.named_parameters() if p.requires_grad and
+             not torch.equal(p, first.net.get_parameter(n))]
+    assert moved  # it trained on from the restored state ...
+    frozen = [n for n, p in resumed.net.named_parameters() if not p.requires_grad]
+    assert all(torch.equal(resumed.net.get_parameter(n), first.net.get_parameter(n)) for n in frozen)  # ... A kept
