@@ -251,3 +251,30 @@ def test_lean_sub_stage_b_resumes_through_lightning(tmp_path) -> None:
     assert moved  # it trained on from the restored state ...
     frozen = [n for n, p in resumed.net.named_parameters() if not p.requires_grad]
     assert all(torch.equal(resumed.net.get_parameter(n), first.net.get_parameter(n)) for n in frozen)  # ... A kept
+
+
+def test_frozen_motion_modules_from_an_adapter_folder_are_rebuilt(tmp_path) -> None:
+    """Sub-stage A with a pretrained SD-layout UNet folder and an AnimateDiff adapter folder (diffusers writes both):
+    the frozen motion modules come from the adapter and are left out; the trained UNets are saved."""
+    from diffusers import MotionAdapter, UNet2DConditionModel
+
+    from mmgt.models.video.unet import unet2d_config
+
+    unet = dict(VIDEO_NET["unet"], motion_max_seq_length=32)
+    torch.manual_seed(3)
+    UNet2DConditionModel(**unet2d_config(unet, 48)).save_pretrained(tmp_path / "unet")
+    MotionAdapter(block_out_channels=tuple(unet["block_out_channels"]), motion_layers_per_block=1,
+                  motion_num_attention_heads=2, motion_norm_num_groups=8, motion_max_seq_length=32,
+                  use_motion_mid_block=True).save_pretrained(tmp_path / "adapter")
+    net = {**VIDEO_NET, "unet": {**unet, "pretrained": str(tmp_path / "unet"),
+                                 "motion_adapter": str(tmp_path / "adapter")}}
+    a = _module(net, "a")
+    raw = _checkpoint(a)
+    sources = raw["mmgt"]["lean"]["sources"]
+    assert set(sources) == {"unet.motion_adapter"}  # the partly trained UNets are not a source
+    assert all(".motion_modules." in k for k in sources["unet.motion_adapter"]["keys"])
+    assert not any(".motion_modules." in k for k in raw["state_dict"])
+    torch.save(raw, tmp_path / "a.ckpt")
+    rebuilt = checkpoints.build_module(checkpoints.read(tmp_path / "a.ckpt"), "video")
+    own = a.state_dict()
+    assert all(torch.equal(v, own[k]) for k, v in rebuilt.state_dict().items())

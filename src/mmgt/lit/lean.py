@@ -9,8 +9,8 @@ every checkpoint costs ~10 GB per file. A lean checkpoint leaves out each frozen
   verified, at the first save, to be equal to that file's tensors;
 - a pretrained part: the frozen VAE (``codec`` of type ``vae``), CLIP encoder (``image_encoder`` of type
   ``clip``), UNets (``unet.pretrained``, motion modules from ``unet.motion_adapter``) or pose guider
-  (``pose_guider.pretrained``), built from the configured local folder (never for a custom backbone, nor for
-  random-init tensors: those are saved).
+  (``pose_guider.pretrained``), built from the configured local folder, when nothing it fills is trained (never for
+  a custom backbone, nor for random-init tensors: those are saved).
 
 Each source is recorded with its path and a fingerprint (file names and sizes), and every omitted tensor with a
 checksum (float64 sum, sum of squares and a position-weighted sum). Loading rebuilds the omitted tensors from
@@ -195,7 +195,11 @@ def plan(module: Any) -> dict[str, Any]:
         sources["init_from"] = src
         taken = set(src["keys"])
     if hp.get("load_weights", True):
+        frozen_set = set(frozen)
         for part, sub, path, fills in pretrained_parts(hp["net"]):
+            if any(fills(k) and k not in frozen_set for k in state):
+                continue  # partly trained (e.g. the few unused reference-UNet tensors of sub-stage A): saved, so a
+                # load never rebuilds a whole UNet for a handful of tensors
             keys = [k for k in frozen if k not in taken and fills(k)]
             if keys:
                 sources[sub] = {"kind": "pretrained", "part": part, "config_key": sub, "path": path,
