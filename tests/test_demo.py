@@ -1,11 +1,11 @@
 """``python -m mmgt.demo``: the Gradio page over the generation pipeline.
 
-In-process tests check the page's actions (the pose preview, ``generate``'s input checks as page errors, the page's
-values reaching the sampler); the slow test starts the real command on localhost with tiny random-init checkpoints
-and drives the page in headless Chromium (Debian's ``chromium`` + ``chromium-driver``): an error for a missing
-upload, then an image, speech and keypoints uploaded, the panel asked for, Generate clicked, the video element's
-file fetched and decoded (frames, duration of the speech), the panel shown. ``MMGT_DEMO_SCREENSHOT=docs/demo.png`` also stores the page's screenshot
-there.
+In-process tests check the page's actions (the pose preview, ``generate``'s input checks as page errors, the
+estimator when no keypoints are uploaded, the page's values reaching the sampler); the slow test starts the real
+command on localhost with tiny random-init checkpoints and drives the page in headless Chromium (Debian's
+``chromium`` + ``chromium-driver``): an error for a missing upload, then an image, speech and keypoints uploaded,
+the panel asked for, Generate clicked, the video element's file fetched and decoded (frames, duration of the speech),
+the panel shown. ``MMGT_DEMO_SCREENSHOT=docs/demo.png`` also stores the page's screenshot there.
 """
 
 from __future__ import annotations
@@ -28,7 +28,7 @@ import torch
 
 from mmgt.data.synthetic import synth_sequence
 from mmgt.data.video_io import probe_video, read_audio, read_video
-from mmgt.demo import NO_POSE_UI, Demo, build, pose_preview
+from mmgt.demo import Demo, build, no_pose_message, pose_preview
 from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -77,7 +77,8 @@ def _cfg(assets: dict, out_dir: Path) -> dict:
 
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         cfg = compose(config_name="demo", overrides=[f"smga.ckpt={assets['smga']}", f"video.ckpt={assets['video']}",
-                                                     f"paths.output_dir={out_dir}", "progress=false"])
+                                                     f"paths.output_dir={out_dir}", "progress=false",
+                                                     f"paths.weights_dir={out_dir}/no_weights"])
     return OmegaConf.to_container(cfg, resolve=True)
 
 
@@ -108,7 +109,8 @@ def test_preview_draws_the_pose_where_the_keypoints_are(demo, assets) -> None:
     assert changed.mean() < 0.5
     assert "the whole image" in note and "64x64 to its 32x32 frame" in note
     plain, hint = demo.preview(str(assets["image"]), None)  # no keypoints, no estimator: the image and a hint
-    assert np.array_equal(plain, frame) and hint == NO_POSE_UI
+    assert np.array_equal(plain, frame) and hint == no_pose_message(demo.cfg["estimator"])
+    assert "no_weights/dwpose/yolox_l.onnx" in hint  # where the DWPose files would make the upload optional
 
 
 def test_preview_dims_what_the_crop_drops() -> None:
@@ -147,6 +149,26 @@ def test_page_errors_are_generates_input_checks(demo, assets, tmp_path) -> None:
     finally:
         demo.cfg["max_seconds"] = 60
     assert not list(demo.out_dir.glob("*.mp4"))
+
+
+def test_without_keypoints_the_estimator_gives_the_pose(demo, assets, monkeypatch) -> None:
+    """No keypoints uploaded and an estimator that can run (as DWPose does once its files exist): the preview and
+    the generation use its pose."""
+    from mmgt.pose.estimators import PoseEstimator
+
+    class Known(PoseEstimator):  # the image's true keypoints, as a perfect estimator would give them
+        calls = 0
+
+        def __call__(self, frames, context=None):
+            Known.calls += 1
+            return np.repeat(assets["kp"][None], len(frames), 0)
+
+    monkeypatch.setitem(demo.cfg, "estimator", Known())
+    by_estimator, note = demo.preview(str(assets["image"]), None)
+    by_file, _ = demo.preview(str(assets["image"]), str(assets["keypoints"]))
+    assert np.array_equal(by_estimator, by_file) and "visible keypoints" in note and Known.calls == 1
+    video, _, _ = demo.generate(str(assets["image"]), str(assets["speech"]), None, 1, 2.0, 1, 2.0, 0, False)
+    assert Known.calls == 2 and probe_video(video).n_frames == int(SECONDS * 25)
 
 
 def test_page_values_reach_the_sampler(demo, assets, monkeypatch) -> None:
@@ -223,7 +245,7 @@ def test_demo_in_headless_chromium(assets, tmp_path) -> None:
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
            "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "mmgt.demo", f"smga.ckpt={assets['smga']}", f"video.ckpt={assets['video']}",
-           f"port={port}", f"hydra.run.dir={run_dir}", "threads=1"]
+           f"port={port}", f"hydra.run.dir={run_dir}", "threads=1", f"paths.weights_dir={tmp_path}/no_weights"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}/"

@@ -7,7 +7,8 @@ refuses exactly what the command line does), then :meth:`GesturePipeline.generat
 folder. A bad input is a :class:`gradio.Error` on the page carrying the
 :class:`~mmgt.errors.GenerationError` message of :mod:`mmgt.generation.inputs`, before any network runs.
 
-The page: image + speech upload (or microphone), an optional keypoints ``.npy`` (else the configured estimator),
+The page: image + speech upload (or microphone), a keypoints ``.npy`` (optional when the configured estimator can
+run: by default DWPose when its files are at the configured paths, as for ``generate``),
 a pose preview (the initial pose drawn on the image, the part outside the model's centre crop dimmed), both stages'
 DDIM steps and guidance, one slider per MM-HAA branch, a seed, and the video (plus, on request, the
 pose | masks | result panel). Gradio is imported only when the app starts, so ``--help`` and the library do not
@@ -35,9 +36,17 @@ if TYPE_CHECKING:
 
     from mmgt.generation.pipeline import GesturePipeline
 
-NO_POSE_UI = ("no initial pose: upload the image's keypoints (.npy, pixel x, y, score: (134, 3) or COCO-WholeBody "
-              "(133, 3); `python -m mmgt.prepare task=keypoints image=...` writes one) or start the demo with an "
-              "`estimator` config")
+def no_pose_message(estimator: Any) -> str:
+    """The page's "no initial pose" error: upload keypoints, or put the DWPose files where the config points (then
+    the pose is estimated from the image, as ``generate`` does)."""
+    from mmgt.generation.inputs import NO_POSE
+    from mmgt.pose.estimators import DWPOSE_FILES, dwpose_download_hint, missing_dwpose_files
+
+    cfg = dict(estimator) if isinstance(estimator, Mapping) else {}
+    missing = missing_dwpose_files(cfg) if cfg else dict.fromkeys(DWPOSE_FILES)
+    return (f"{NO_POSE}: upload the image's keypoints (.npy, pixel x, y, score: (134, 3) or COCO-WholeBody (133, 3); "
+            "`python -m mmgt.prepare task=keypoints image=<photo>` writes one), or let the demo estimate the pose "
+            f"with DWPose: {dwpose_download_hint(missing)} and restart it")
 
 
 @dataclass(frozen=True)
@@ -70,26 +79,24 @@ class Controls:
 
 
 def pose_preview(image: np.ndarray, pose: np.ndarray, frame_size: tuple[int, int],
-                 render: Mapping[str, Any] | None = None, min_side: int = 256) -> tuple[np.ndarray, str]:
-    """The source image with its initial pose drawn over it (the video model's pose drawing) and the part the model's
-    centre crop drops dimmed, plus one line saying what the model will see: the pose is what stage 1 starts from,
-    so a wrong one (a shifted or normalised file, another person) shows here before a video is made. Images smaller
-    than ``min_side`` are enlarged by a whole factor (pixels repeated) so the drawing stays legible."""
+                 min_side: int = 256) -> tuple[np.ndarray, str]:
+    """The source image with its initial pose drawn over it (as ``prepare task=keypoints`` draws it) and the part the
+    model's centre crop drops dimmed, plus one line saying what the model will see: the pose is what stage 1 starts
+    from, so a wrong one (a shifted or normalised file, another person) shows here before a video is made. Images
+    smaller than ``min_side`` are enlarged by a whole factor (pixels repeated) so the drawing stays legible."""
+    from mmgt.data.photo_pose import draw_overlay
     from mmgt.pose.conditioning import CropResize
     from mmgt.pose.layout import VISIBILITY_THRESHOLD
-    from mmgt.pose.render import render_pose
 
     h0, w0 = image.shape[:2]
     up = max(1, -(-min_side // max(h0, w0)))  # small images are shown enlarged, the pose drawn at that size
-    drawn = render_pose(pose, h0 * up, w0 * up, scale=float(up), **dict(render or {}))
+    big = np.array(pose, np.float32, copy=True)
+    big[:, :2] = (big[:, :2] + 0.5) * up - 0.5  # pixel centres stay on the same spot of the picture
+    out = draw_overlay(image.repeat(up, 0).repeat(up, 1), big).astype(np.float32)
     tf = CropResize.centre((h0, w0), frame_size)
-    out = image.repeat(up, 0).repeat(up, 1).astype(np.float32)
     inside = np.zeros((h0, w0), bool)
     inside[tf.y0:tf.y0 + tf.height, tf.x0:tf.x0 + tf.width] = True
-    inside = inside.repeat(up, 0).repeat(up, 1)
-    out[~inside] *= 0.35
-    ink = drawn.any(-1)
-    out[ink] = drawn[ink]
+    out[~inside.repeat(up, 0).repeat(up, 1)] *= 0.35
     visible = int((np.isfinite(pose[:, :2]).all(-1) & (pose[:, 2] >= VISIBILITY_THRESHOLD)).sum())
     h, w = frame_size
     crop = "the whole image" if (tf.width, tf.height) == (w0, h0) else \
@@ -113,6 +120,13 @@ class Demo:
     def __post_init__(self) -> None:
         self.out_dir = Path(self.out_dir)
         self.controls = Controls.for_pipeline(self.pipe, self.cfg)
+
+    @property
+    def can_estimate(self) -> bool:
+        """Whether a pose estimator runs when no keypoints are uploaded (``name: auto``: the DWPose files exist)."""
+        from mmgt.generation.inputs import resolve_estimator
+
+        return resolve_estimator(self.cfg.get("estimator")) is not None
 
     # ------------------------------------------------------------------------------------------ the config
     def job_config(self, image: str | None, audio: str | None, keypoints: str | None, *, pose_steps: float,
@@ -139,8 +153,8 @@ class Demo:
                                   "frame)")
         if not audio:
             raise GenerationError("upload (or record) the speech to animate the image with (wav, flac, mp3, m4a, ...)")
-        if not keypoints and self.cfg.get("estimator") is None:
-            raise GenerationError(NO_POSE_UI)
+        if not keypoints and not self.can_estimate:
+            raise GenerationError(no_pose_message(self.cfg.get("estimator")))
 
     # ------------------------------------------------------------------------------------------ the actions
     def preview(self, image: str | None, keypoints: str | None) -> tuple[np.ndarray | None, str]:
@@ -153,13 +167,13 @@ class Demo:
             return None, "Upload an image to see its initial pose."
         try:
             src = io.read_image(image)
-            if not keypoints and self.cfg.get("estimator") is None:
-                return src, NO_POSE_UI
+            if not keypoints and not self.can_estimate:
+                return src, no_pose_message(self.cfg.get("estimator"))
             pose = io.initial_pose(src, keypoints or None, None if keypoints else self.cfg.get("estimator"),
                                    Path(image).name)
         except GenerationError as err:
             raise _ui_error(err) from None
-        return pose_preview(src, pose, self.pipe.frame_size, self.pipe.conditions_processor.render)
+        return pose_preview(src, pose, self.pipe.frame_size)
 
     def generate(self, image: str | None, audio: str | None, keypoints: str | None, pose_steps: float,
                  pose_guidance: float, video_steps: float, video_guidance: float, seed: float, panel: bool,
@@ -217,7 +231,9 @@ class Demo:
                                      elem_id="image")
                     audio = gr.Audio(label="Speech", type="filepath", sources=["upload", "microphone"],
                                      elem_id="audio")
-                    keypoints = gr.File(label="Keypoints of the image (.npy; optional with an estimator)",
+                    kp_label = ("optional: else DWPose estimates it" if self.can_estimate else
+                                "required: no pose estimator (see conf/demo.yaml: estimator)")
+                    keypoints = gr.File(label=f"Keypoints of the image (.npy; {kp_label})",
                                         file_types=[".npy"], type="filepath", height=90, elem_id="keypoints")
                 with gr.Column():
                     preview = gr.Image(label="Initial pose (what stage 1 starts from)", type="numpy",
