@@ -12,12 +12,11 @@ import numpy as np
 import pytest
 import torch
 
+from mmgt.metrics.beats import BeatAlignment, beat_align_score
 from mmgt.metrics.gesture import (
-    BeatAlignment,
     FrechetGestureDistance,
     GestureDiversity,
     GestureSuite,
-    beat_align_score,
     diversity_bailando,
     diversity_diffgesture,
     sequence_features,
@@ -228,7 +227,7 @@ def test_beat_alignment_pooling_and_ground_truth_beside() -> None:
     audio[1, 40 * hop:43 * hop] *= 50
     pred = torch.cat([_stroke_poses(n, [10, 30]), _stroke_poses(n, [25, 45])])
     target = torch.cat([_stroke_poses(n, [10]), _stroke_poses(n, [20, 40])])
-    from mmgt.metrics.gesture import audio_events, motion_beats
+    from mmgt.metrics.beats import audio_events, motion_beats
 
     clip, event = BeatAlignment(variant="diffgesture", pool="clip"), BeatAlignment(variant="diffgesture")
     for m in (clip, event):
