@@ -17,6 +17,7 @@ need it.
 
 from __future__ import annotations
 
+import logging
 import os
 import sys
 import threading
@@ -35,6 +36,9 @@ if TYPE_CHECKING:
     import gradio as gr
 
     from mmgt.generation.pipeline import GesturePipeline
+
+log = logging.getLogger(__name__)
+
 
 def no_pose_message(estimator: Any) -> str:
     """The page's "no initial pose" error: upload keypoints, or put the DWPose files where the config points (then
@@ -277,10 +281,12 @@ class Demo:
 
 
 def _ui_error(err: Exception | str) -> Exception:
-    """A message for the page (a :class:`gradio.Error`: shown to the user, not a traceback)."""
+    """A message for the page (a :class:`gradio.Error`: shown to the user until closed), one line in the console
+    (not Gradio's traceback: a bad upload is not a bug)."""
     import gradio as gr
 
-    return gr.Error(str(err), duration=None)
+    log.warning("refused: %s", err)
+    return gr.Error(str(err), duration=None, print_exception=False)
 
 
 def build(cfg: Mapping[str, Any], out_dir: str | Path) -> Demo:
