@@ -461,3 +461,29 @@ def test_crop_resize_keeps_keypoints_on_their_pixels(src_hw, size, block) -> Non
     kp = rng.uniform(0, 30, (4, 134, 3)).astype(np.float32)
     whole = CropResize(0, 0, w0, h0, size)  # no crop: the same map as scale_keypoints
     np.testing.assert_array_equal(whole.keypoints(kp), scale_keypoints(kp, src_hw, size))
+
+
+def test_quickstart_summary_prints_baselines_and_the_time_left(tmp_path) -> None:
+    """The closing table puts each metric beside its baselines from metrics.json; the step banner's estimate of the
+    time left scales the typical step shares by the pace so far."""
+    import json
+
+    from mmgt.quickstart import EXPECTED_SHARE, elapsed_and_left, summary
+
+    (tmp_path / "evaluate").mkdir()
+    (tmp_path / "evaluate" / "metrics.json").write_text(json.dumps({
+        "pairs": ["a", "b"], "metrics": {"psnr": 21.5, "kpsync_conf_randinit": None},
+        "baselines": {"copy_reference": {"psnr": 27.25, "kpsync_conf_randinit": 0.5},
+                      "ground_truth": {"psnr": 100.0, "kpsync_conf_randinit": 1.25}}}))
+    text = summary(tmp_path, [("step", 2.0)])
+    row = next(line for line in text.splitlines() if line.strip().startswith("psnr"))
+    assert row.split()[1:] == ["21.5000", "27.2500", "100.0000"]
+    sync = next(line for line in text.splitlines() if line.strip().startswith("kpsync_conf_randinit"))
+    assert sync.split()[1:] == ["-", "0.5000", "1.2500"]
+    assert "copy reference" in text and "random-init" in text
+    assert elapsed_and_left(0, 0.0) == "elapsed 0:00"
+    half = next(i for i in range(len(EXPECTED_SHARE)) if sum(EXPECTED_SHARE[:i]) >= 0.5)
+    share = sum(EXPECTED_SHARE[:half])
+    left = 600 / share * (1 - share)
+    assert elapsed_and_left(half, 600.0) == f"elapsed 10:00, about {int(left) // 60}:{int(left) % 60:02d} left"
+    assert abs(sum(EXPECTED_SHARE) - 1.0) < 1e-9

@@ -26,6 +26,9 @@ from pathlib import Path
 
 MARKER = ".mmgt_quickstart"  # marks a folder the quickstart created (and so may clear on a re-run)
 DEFAULT_STEPS = (600, 300, 120)  # trainer.max_steps of SMGA, video sub-stage A, video sub-stage B
+# typical share of the whole run per step on 2 idle cores (measured with the default steps): the remaining-time
+# estimate scales these by how fast the finished steps went
+EXPECTED_SHARE = (0.01, 0.02, 0.22, 0.27, 0.22, 0.20, 0.06)
 
 
 def steps(root: Path, out: Path, max_steps: tuple[int, int, int] = DEFAULT_STEPS) -> list[tuple[str, list[str]]]:
@@ -48,7 +51,7 @@ def steps(root: Path, out: Path, max_steps: tuple[int, int, int] = DEFAULT_STEPS
         ("generate held-out clips", py + [
             "mmgt.generate", "split=test", f"data.root={data}", f"smga.ckpt={out / 'smga'}",
             f"video.ckpt={out / 'video_b'}", f"out={out / 'generated'}", f"reference_dir={out / 'reference'}",
-            "pose_video=true", "side_by_side=true", "progress=false", f"hydra.run.dir={out / 'generate'}"]),
+            "pose_video=true", "side_by_side=true", "progress=true", f"hydra.run.dir={out / 'generate'}"]),
         ("evaluate", py + [
             "mmgt.evaluate", f"generated={out / 'generated'}", f"reference={out / 'reference'}",
             "metrics.allow_random_weights=true", f"hydra.run.dir={out / 'evaluate'}"]),
@@ -77,8 +80,15 @@ def summary(out: Path, timings: list[tuple[str, float]]) -> str:
         data = json.loads(metrics_file.read_text())
         lines += ["", f"metrics of {len(data.get('pairs', []))} generated vs ground-truth test clips "
                       "(random-init feature nets: *_randinit values are only comparable with each other)"]
+        base = data.get("baselines", {})
+        lines.append(f"  {'metric':<30} {'generated':>10}" + "".join(f" {b.replace('_', ' '):>15}" for b in base))
         for k, v in data.get("metrics", {}).items():
-            lines.append(f"  {k:<28} {'nan' if v is None else f'{v:.4f}'}")
+            cells = [v] + [base[b].get(k) for b in base]
+            lines.append(f"  {k:<30} " + " ".join(f"{'-' if c is None else f'{c:.4f}':>{10 if i == 0 else 15}}"
+                                                  for i, c in enumerate(cells)))
+        if base:
+            lines.append("  (copy reference = the reference frame repeated; ground truth = the reference video scored "
+                         "against itself)")
     gen_file = out / "generate" / "generation.json"
     if gen_file.exists():
         rows = json.loads(gen_file.read_text())
@@ -90,6 +100,18 @@ def summary(out: Path, timings: list[tuple[str, float]]) -> str:
               f"checkpoints      : {out}/{{smga,video_a,video_b}}/checkpoints/last.ckpt",
               f"TensorBoard      : tensorboard --logdir {out}   (runs: smga, video_a, video_b, evaluate)"]
     return "\n".join(lines)
+
+
+def elapsed_and_left(done: int, elapsed: float) -> str:
+    """``"elapsed 3:05, about 6:40 left"`` after ``done`` steps: the typical shares scaled by this machine's pace."""
+    def mmss(sec: float) -> str:
+        return f"{int(sec) // 60}:{int(sec) % 60:02d}"
+
+    if done == 0 or elapsed < 1:
+        return "elapsed 0:00"
+    share = sum(EXPECTED_SHARE[:done])
+    left = elapsed / max(share, 1e-3) * max(0.0, 1.0 - share)
+    return f"elapsed {mmss(elapsed)}, about {mmss(left)} left"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -110,12 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     env = dict(os.environ, HF_HUB_OFFLINE="1", TRANSFORMERS_OFFLINE="1", TOKENIZERS_PARALLELISM="false",
                MMGT_ROOT=str(root), OMP_NUM_THREADS=str(args.threads), MKL_NUM_THREADS=str(args.threads))
     timings: list[tuple[str, float]] = []
-    for name, cmd in steps(root, out, max_steps):  # type: ignore[arg-type]
-        print(f"\n=== {name}: {shlex.join(cmd[1:])}", flush=True)
+    chain = steps(root, out, max_steps)  # type: ignore[arg-type]
+    start = time.time()
+    for i, (name, cmd) in enumerate(chain):
+        print(f"\n=== step {i + 1}/{len(chain)}: {name} ({elapsed_and_left(i, time.time() - start)})\n"
+              f"    {shlex.join(cmd[1:])}", flush=True)
         t = time.time()
         rc = subprocess.call(cmd, env=env, cwd=root)
         timings.append((name, time.time() - t))
-        print(f"=== {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in {timings[-1][1]:.0f} s", flush=True)
+        print(f"=== step {i + 1}/{len(chain)}: {name}: {'ok' if rc == 0 else f'FAILED (exit {rc})'} in "
+              f"{timings[-1][1]:.0f} s", flush=True)
         if rc:
             return rc
     print(summary(out, timings), flush=True)
