@@ -19,7 +19,7 @@ from mmgt.lit.checkpoint_io import AtomicCheckpointIO
 from mmgt.lit.smga import SMGAModule
 from mmgt.lit.video import VideoModule
 from mmgt.runner import resolve_ckpt_path
-from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, video_info
+from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, save_checkpoint, video_info
 
 SMGA_NET, SMGA_INFO, VIDEO_NET, VIDEO_INFO = SMGA_NET, SMGA_INFO, GEN_VIDEO_NET, video_info()
 
@@ -47,16 +47,6 @@ def modules() -> dict[str, L.LightningModule]:
                                  data_info=VIDEO_INFO)}
 
 
-def _save(module: L.LightningModule, path: Path, hparams: dict | None = None, **extra) -> Path:
-    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": hparams or dict(module.hparams),
-            "pytorch-lightning_version": L.__version__, "global_step": extra.pop("global_step", 0),
-            "datamodule_hyper_parameters": extra.pop("datamodule", {"stage1_features": {}, "stage2_features": {}}),
-            **extra}
-    module.on_save_checkpoint(ckpt)
-    torch.save(ckpt, path)
-    return path
-
-
 def _crafted_hparams(module: L.LightningModule, marker: Path, where: str) -> dict:
     hp = json.loads(json.dumps(dict(module.hparams), default=list))
     hp[where] = _marker_target(marker)
@@ -69,7 +59,7 @@ def test_crafted_ckpt_targets_build_nothing(modules, tmp_path, kind, where) -> N
     from mmgt.inference import load_stage
 
     marker = tmp_path / "marker"
-    path = _save(modules[kind], tmp_path / "evil.ckpt", _crafted_hparams(modules[kind], marker, where))
+    path = save_checkpoint(modules[kind], tmp_path / "evil.ckpt", _crafted_hparams(modules[kind], marker, where))
     with pytest.raises(CheckpointError, match=r"evil\.ckpt.*os\.makedirs.*data"):
         load_stage(path, kind)
     assert not marker.exists()
@@ -81,7 +71,7 @@ def test_crafted_class_path_is_not_imported(modules, tmp_path) -> None:
 
     hp = json.loads(json.dumps(dict(modules["video"].hparams), default=list))
     hp["attention"]["module"] = "antigravity.Fly"  # importing `antigravity` alone runs code (opens a browser)
-    path = _save(modules["video"], tmp_path / "evil.ckpt", hp)
+    path = save_checkpoint(modules["video"], tmp_path / "evil.ckpt", hp)
     with pytest.raises(CheckpointError, match=r"attention\.module.*antigravity"):
         load_stage(path, "video")
     assert "antigravity" not in __import__("sys").modules
@@ -148,7 +138,7 @@ def test_evaluate_refuses_crafted_datamodule_settings(modules, tmp_path) -> None
 
     marker = tmp_path / "marker"
     dm = {"root": str(tmp_path), "stage": "video", "mask": _marker_target(marker)}
-    path = _save(modules["video"], tmp_path / "video.ckpt", datamodule=dm)
+    path = save_checkpoint(modules["video"], tmp_path / "video.ckpt", datamodule=dm)
     cfg = OmegaConf.create({"ckpt_path": str(path), "split": "test", "metrics": {}, "max_batches": 1,
                             "paths": {"output_dir": str(tmp_path / "out")}, "device": "cpu", "tensorboard": False})
     assert evaluate_checkpoint(cfg) == 1
@@ -158,9 +148,9 @@ def test_evaluate_refuses_crafted_datamodule_settings(modules, tmp_path) -> None
 def test_last_is_the_newest_loadable_checkpoint(modules, tmp_path, caplog) -> None:
     d = tmp_path / "checkpoints"
     d.mkdir()
-    _save(modules["smga"], d / "last.ckpt", global_step=20)  # stale: a moved run wrote last-v1.ckpt after it
-    _save(modules["smga"], d / "step-0000030.ckpt", global_step=30)
-    _save(modules["smga"], d / "last-v1.ckpt", global_step=40)
+    save_checkpoint(modules["smga"], d / "last.ckpt", global_step=20)  # stale: a moved run wrote last-v1.ckpt after it
+    save_checkpoint(modules["smga"], d / "step-0000030.ckpt", global_step=30)
+    save_checkpoint(modules["smga"], d / "last-v1.ckpt", global_step=40)
     assert resolve_ckpt_path("last", tmp_path) == str(d / "last-v1.ckpt")
     (d / "last-v1.ckpt").write_bytes(b"")  # killed during the write on another filesystem: 0 bytes
     with caplog.at_level("WARNING"):
@@ -171,7 +161,7 @@ def test_last_is_the_newest_loadable_checkpoint(modules, tmp_path, caplog) -> No
 
 
 def test_kind_and_version_are_recorded_and_old_files_still_load(modules, tmp_path) -> None:
-    new = checkpoints.read(_save(modules["video"], tmp_path / "new.ckpt"))
+    new = checkpoints.read(save_checkpoint(modules["video"], tmp_path / "new.ckpt"))
     assert (new.kind, new.version) == ("video", checkpoints.FORMAT_VERSION)
     # a file by the previous rules: no `mmgt` record, kind known only from the hyper-parameter keys
     old_path = tmp_path / "old.ckpt"
@@ -307,6 +297,6 @@ def test_rebuilt_video_module_keeps_its_noise_schedule(tmp_path) -> None:
     """Stage 2's `scheduler` is the noise schedule: a checkpoint trained with other betas samples with them."""
     video = VideoModule(VIDEO_NET, attention={"type": "mm_haa", "blocks": ["down"]}, substage="b",
                         data_info=VIDEO_INFO, scheduler={"beta_end": 0.02})
-    module = checkpoints.build_module(checkpoints.read(_save(video, tmp_path / "v.ckpt")), "video")
+    module = checkpoints.build_module(checkpoints.read(save_checkpoint(video, tmp_path / "v.ckpt")), "video")
     assert torch.equal(module.alphas_cumprod, video.alphas_cumprod)
     assert module.hparams.scheduler["beta_end"] == 0.02

@@ -20,7 +20,6 @@ import urllib.request
 from pathlib import Path
 
 import gradio as gr  # the `dev` extra installs it (and the lock): a missing one fails, it does not skip
-import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
@@ -29,18 +28,10 @@ import torch
 from mmgt.data.synthetic import synth_sequence
 from mmgt.data.video_io import probe_video, read_audio, read_video
 from mmgt.demo import Demo, build, no_pose_message, pose_preview
-from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, video_info
+from tiny_configs import GEN_VIDEO_NET, SMGA_INFO, SMGA_NET, save_checkpoint, video_info
 
 ROOT = Path(__file__).resolve().parents[1]
 SECONDS = 1.6  # speech of the browser test (40 frames)
-
-
-def _save(module: L.LightningModule, path: Path, **extra) -> Path:
-    """What ModelCheckpoint writes, minus optimizer/loop state (not needed for inference)."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__,
-                "datamodule_hyper_parameters": {"stage1_features": {}, "stage2_features": {}}, **extra}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -63,7 +54,7 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.save(d / "person.npy", kp[0])
     sf.write(d / "speech.wav", audio, 16000)
     sf.write(d / "silence.wav", np.zeros(16000, np.float32), 16000)
-    return {"dir": d, "smga": _save(smga, d / "smga.ckpt"), "video": _save(video, d / "video.ckpt"),
+    return {"dir": d, "smga": save_checkpoint(smga, d / "smga.ckpt"), "video": save_checkpoint(video, d / "video.ckpt"),
             "image": d / "person.png", "keypoints": d / "person.npy", "speech": d / "speech.wav",
             "silence": d / "silence.wav", "kp": kp[0], "frame": frames[0]}
 

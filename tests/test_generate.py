@@ -12,7 +12,6 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import pytest
 import soundfile as sf
@@ -32,6 +31,7 @@ from mmgt.inference import (
 from mmgt.lit.smga import SMGAModule
 from mmgt.lit.video import VideoModule
 from mmgt.pose.masks import MaskConfig
+from tiny_configs import save_checkpoint
 
 SMGA_NET = dict(width=32, ff_size=64, num_layers=1, num_heads=2, audio_layers=1, dropout=0.0)
 SMGA_INFO = dict(audio_feature_dim=66, window=16, frame_size=[64, 64], fps=25.0,
@@ -48,14 +48,6 @@ VIDEO_INFO = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 
 # few DDIM steps: tests check plumbing, not quality
 FAST = Sampling(PoseSampling(steps=2), VideoSampling(steps=2, guidance=1.5))
 FLAT = dict(pose_steps=2, steps=2, guidance=1.5)  # the same as the earlier flat keywords (the notebook passes them)
-
-
-def save_lightning(module: L.LightningModule, path: Path, **extra) -> Path:
-    """What ModelCheckpoint writes, minus optimizer/loop state (not needed for inference)."""
-    torch.save({"state_dict": module.state_dict(), "hyper_parameters": dict(module.hparams),
-                "pytorch-lightning_version": L.__version__,
-                "datamodule_hyper_parameters": {"stage1_features": {}, "stage2_features": {}}, **extra}, path)
-    return path
 
 
 @pytest.fixture(scope="module")
@@ -81,8 +73,8 @@ def assets(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     np.save(d / "person.npy", kp[:3])  # (T, 134, 3): frame 0 is used
     sf.write(d / "speech_44k.wav", np.interp(np.arange(0, len(audio), 16000 / 44100), np.arange(len(audio)), audio),
              44100)
-    return {"dir": d, "smga": save_lightning(smga, d / "smga.ckpt"),
-            "video": save_lightning(video, d / "video.ckpt", mmgt_video_stage="b"), "image": d / "person.png",
+    return {"dir": d, "smga": save_checkpoint(smga, d / "smga.ckpt"),
+            "video": save_checkpoint(video, d / "video.ckpt", mmgt_video_stage="b"), "image": d / "person.png",
             "keypoints": d / "person.npy", "speech": d / "speech_44k.wav", "audio": audio}
 
 

@@ -21,3 +21,18 @@ def video_info() -> dict:
 
     return dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[32, 32], fps=25.0,
                 audio_context=2, mask=MaskConfig(cell=4).to_dict())
+
+
+def save_checkpoint(module, path, hparams: dict | None = None, **extra):
+    """What ModelCheckpoint writes (state, hparams, the module's own checkpoint hook), minus optimizer/loop state:
+    the tiny checkpoints the generation, demo and checkpoint tests reload."""
+    import lightning as L
+    import torch
+
+    ckpt = {"state_dict": module.state_dict(), "hyper_parameters": hparams or dict(module.hparams),
+            "pytorch-lightning_version": L.__version__, "global_step": extra.pop("global_step", 0),
+            "datamodule_hyper_parameters": extra.pop("datamodule", {"stage1_features": {}, "stage2_features": {}}),
+            **extra}
+    module.on_save_checkpoint(ckpt)
+    torch.save(ckpt, path)
+    return path
