@@ -168,8 +168,11 @@ def test_diversity_variants_equal_an_independent_numpy_computation() -> None:
     assert math.isclose(diversity_bailando(torch.from_numpy(fake), torch.from_numpy(real)), float(np.mean(pairs)),
                         rel_tol=1e-12)
     perm = torch.randperm(7, generator=torch.Generator().manual_seed(3)).numpy()[:4]
-    l1 = np.mean([np.abs(fake[i] - fake[perm[i]]).sum() for i in range(4)])
+    ordered = fake[np.lexsort(fake.T[::-1])]  # rows in lexicographic order: independent of the arrival order
+    l1 = np.mean([np.abs(ordered[i] - ordered[perm[i]]).sum() for i in range(4)])
     assert math.isclose(diversity_diffgesture(torch.from_numpy(fake), n_pairs=4, seed=3), float(l1), rel_tol=1e-12)
+    shuffled = torch.from_numpy(fake[rng.permutation(7)])  # e.g. gathered from two DDP ranks
+    assert diversity_diffgesture(shuffled, n_pairs=4, seed=3) == diversity_diffgesture(torch.from_numpy(fake), 4, 3)
     # the metrics: the same formulas on their features, ground truth beside
     g = torch.Generator().manual_seed(1)
     pred, target = torch.randn(6, 20, NUM_KEYPOINTS, 3, generator=g), torch.randn(8, 20, NUM_KEYPOINTS, 3, generator=g)

@@ -15,13 +15,16 @@ skipped; its name flattening cannot put a suffix inside a multi-value member's n
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import math
+import types
 import warnings
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch.distributed as dist
 from torch import nn
 from torchmetrics import Metric
 
@@ -82,6 +85,30 @@ class SuiteMetric(Metric):
         counts, resolution), written beside every evaluation. Subclasses add their settings to this default."""
         return {"metric": self.names()[0], "names": self.names(), "class": f"{type(self).__module__}."
                 f"{type(self).__qualname__}"}
+
+
+@contextlib.contextmanager
+def synced_states(metric: Metric) -> Iterator[None]:
+    """Every rank's states gathered into ``metric`` for the duration (a collective under DDP: all ranks enter), with
+    its ``compute`` running on them as they are: members whose ``results`` / ``protocol`` read states beside
+    ``compute()`` (real-set values, counts, per-part distances) then agree on every rank. Outside DDP: nothing."""
+    ddp = dist.is_available() and dist.is_initialized()
+    if not ddp or not metric.sync_on_compute or getattr(metric, "_is_synced", False):
+        yield
+        return
+    metric.sync(should_sync=True)
+    wrapped = metric.compute
+    metric.compute = types.MethodType(type(metric).compute, metric)  # no second sync inside
+    try:
+        yield
+    finally:
+        metric.compute = wrapped
+        metric.unsync()
+
+
+def _card_of(m: Metric) -> dict[str, Any]:
+    proto = getattr(m, "protocol", None)
+    return dict(proto()) if callable(proto) else {"names": list(m.names())}
 
 
 @dataclass(frozen=True)
@@ -217,24 +244,23 @@ class Suite(nn.Module):
         this rank; its values are then ``nan``.
         """
         out: dict[str, float] = {}
-        for m in self.metrics.values():
-            if m.update_count:
-                out.update(m.results())
-                continue
-            with warnings.catch_warnings():  # "compute before update": said once at update time already
-                warnings.simplefilter("ignore")
-                out.update(dict.fromkeys(m.results(), math.nan))
-        self.last_card = self.protocol_card()
+        card: dict[str, dict[str, Any]] = {}
+        for key, m in self.metrics.items():
+            with synced_states(m):  # results() and protocol() may read states beyond compute(): all ranks' states
+                if m.update_count:
+                    out.update(m.results())
+                else:
+                    with warnings.catch_warnings():  # "compute before update": said once at update time already
+                        warnings.simplefilter("ignore")
+                        out.update(dict.fromkeys(m.results(), math.nan))
+                card[key] = _card_of(m)
+        self.last_card = card
         return out
 
     def protocol_card(self) -> dict[str, dict[str, Any]]:
         """``{config key: member.protocol()}``: each metric's protocol, weight file and checksum, counts (of the
         latest compute), resolution. Members without a ``protocol`` method get their names."""
-        card = {}
-        for key, m in self.metrics.items():
-            proto = getattr(m, "protocol", None)
-            card[key] = dict(proto()) if callable(proto) else {"names": list(m.names())}
-        return card
+        return {key: _card_of(m) for key, m in self.metrics.items()}
 
     def last_per_clip(self) -> dict[str, list[float]]:
         """Per-clip values of the latest :meth:`update` (set-level metrics such as FVD have none; a member that call

@@ -19,7 +19,8 @@ ground truth at a frame are masked in generated and real poses alike.
 * :class:`GestureDiversity` — on the same features, two published definitions (each logs the ground truth's value
   beside, ``<name>_real``): ``bailando`` (Bailando, Siyao et al. 2022): features z-scored by the *real* set's
   mean and standard deviation (population std, + 1e-10), then the mean L2 distance over all pairs;
-  ``diffgesture`` (Zhu et al. 2023): the mean L1 distance between the first ``n_pairs`` (500) samples and the same
+  ``diffgesture`` (Zhu et al. 2023): the mean L1 distance between the first ``n_pairs`` (500) samples (in
+  lexicographic order, so DDP gives the same value) and the same
   number drawn by a random permutation (seeded). Names ``diversity_<variant>`` (+ ``_randproj`` without an encoder).
 * :class:`~mmgt.metrics.beats.BeatAlignment` — beat-align score: motion beats are the local minima
   (``scipy.signal.argrelextrema``) of the mean keypoint speed (body + hands), Gaussian-smoothed
@@ -312,11 +313,22 @@ def diversity_bailando(features: torch.Tensor, real: torch.Tensor) -> float:
     return float(torch.pdist(z).sum() / (n * (n - 1) / 2))
 
 
+def lexicographic(rows: torch.Tensor) -> torch.Tensor:
+    """``rows`` sorted lexicographically (first column, then the next, ...): an order that does not depend on the
+    order samples arrived in (DDP ranks, shuffled loaders)."""
+    idx = torch.arange(len(rows), device=rows.device)
+    for c in reversed(range(rows.shape[1])):
+        idx = idx[torch.argsort(rows[idx, c], stable=True)]
+    return rows[idx]
+
+
 def diversity_diffgesture(features: torch.Tensor, n_pairs: int = 500, seed: int = 0) -> float:
-    """Mean L1 distance between the first ``min(N, n_pairs)`` rows and as many rows of a seeded random permutation."""
+    """Mean L1 distance between the first ``min(N, n_pairs)`` rows and as many rows of a seeded random permutation,
+    rows taken in :func:`lexicographic` order so the value does not depend on how the samples were gathered."""
     f = features.double()
     if len(f) < 2:
         return math.nan
+    f = lexicographic(f)
     n = min(len(f), int(n_pairs))
     perm = torch.randperm(len(f), generator=torch.Generator().manual_seed(int(seed)))[:n]
     return float((f[:n] - f[perm.to(f.device)]).abs().sum(-1).mean())

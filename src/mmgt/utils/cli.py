@@ -96,7 +96,9 @@ def check_overrides(cfg: Any, config_name: str) -> None:
     overrides = list(HydraConfig.get().overrides.task)
     if not overrides:
         return
-    base = compose(config_name=config_name, overrides=group_overrides(overrides))
+    # the job's own search path extensions (e.g. a plug-in's task folder) are needed to compose its groups again
+    search = [o for o in HydraConfig.get().overrides.hydra if o.startswith(("hydra.searchpath", "+hydra.searchpath"))]
+    base = compose(config_name=config_name, overrides=search + group_overrides(overrides))
     errors = override_errors(overrides, cfg, base)
     if errors:
         raise ValueError("; ".join(errors))
