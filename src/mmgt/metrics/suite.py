@@ -2,7 +2,8 @@
 
 Names say the protocol: ``psnr, ssim, lpips, fvd_<protocol>, fvd_<protocol>_num_clips`` (``fvd_videogpt`` by
 default, :mod:`mmgt.metrics.i3d`), the keypoint-crop lip-sync monitor ``kpsync_conf, kpsync_dist, kpsync_offset,
-kpsync_num_clips`` (not LSE-C/D: :mod:`mmgt.metrics.syncnet`) (+ ``fid, fid_num_frames`` when FID is enabled); a
+kpsync_num_clips`` (not LSE-C/D: :mod:`mmgt.metrics.syncnet`) (+ ``fid, fid_num_frames`` when FID is enabled, and
+``lse_c, lse_d, lse_num_tracks`` — the standard S3FD-track LSE-C/D of :mod:`mmgt.metrics.lse` — when enabled); a
 metric whose feature network is random-init gets ``_randinit`` (``lpips_randinit``, ``fvd_videogpt_randinit`` ...),
 non-standard settings their own suffix (``_r<size>``, ``_<n>f``, ``_eps..``). A metric whose protocol no clip met
 (videos shorter than FVD's clips, or than the sync monitor's offset search) logs nothing. Each metric declares its
@@ -23,6 +24,7 @@ from torch import Tensor
 from mmgt.metrics.base import Builtin, Suite
 from mmgt.metrics.fid import FrechetInceptionDistance
 from mmgt.metrics.i3d import FrechetVideoDistance
+from mmgt.metrics.lse import LipSyncError
 from mmgt.metrics.syncnet import SyncScore
 from mmgt.metrics.video import LPIPS, PSNR, SSIM
 
@@ -41,7 +43,8 @@ class MetricSuite(Suite):
             recorded as ``user-declared`` in the protocol card).
         input_range: value range of float videos (uint8 videos are always [0, 255]).
         entries: ``psnr, ssim, lpips, fvd, sync`` (on unless set to false), ``fid`` (off unless asked for: an
-            Inception pass per frame is the suite's most expensive part): ``True``/``False`` or kwargs of the metric
+            Inception pass per frame is the suite's most expensive part), ``lse`` (off unless asked for; on in
+            ``conf/metrics/default.yaml``; needs ``s3fd=<sfd_face.pth>``): ``True``/``False`` or kwargs of the metric
             class (``enabled: false`` off); any other key: a metric named by ``_target_``
             (:class:`~mmgt.metrics.base.Suite`).
     """
@@ -50,6 +53,7 @@ class MetricSuite(Suite):
     builtins: ClassVar[Mapping[str, Builtin]] = {
         "psnr": Builtin(PSNR), "ssim": Builtin(SSIM), "lpips": Builtin(LPIPS), "fvd": Builtin(FrechetVideoDistance),
         "sync": Builtin(SyncScore), "fid": Builtin(FrechetInceptionDistance, enabled=False),
+        "lse": Builtin(LipSyncError, enabled=False),
     }
 
     def __init__(self, weights: Mapping[str, Any] | None = None, *, allow_random_weights: bool = False,

@@ -265,6 +265,29 @@ def crop_faces(frames: Tensor, track: np.ndarray, crop_scale: float = 0.4, pad_v
     return crops + pad_value
 
 
+@torch.no_grad()
+def window_embeddings(net: SyncNet, crops: Tensor, audio: Tensor | np.ndarray, windows_per_batch: int = 32
+                      ) -> tuple[Tensor, Tensor]:
+    """Per-window video and audio embeddings of one clip, as ``SyncNetInstance.evaluate``: ``crops``
+    ``(T, 3, 224, 224)`` BGR 0–255 floats, ``audio`` 16 kHz; ``min_length = min(T, len(audio) // 640)`` and windows
+    ``0 .. min_length − 6`` (at least 6 frames of both)."""
+    dev = crops.device
+    audio = audio.detach().cpu().numpy() if isinstance(audio, Tensor) else np.asarray(audio)
+    min_length = min(crops.shape[0], len(audio) // HOP)
+    if min_length < WINDOW + 1:
+        raise ValueError(f"SyncNet needs at least {WINDOW + 1} frames of video and audio, got {min_length}")
+    cc = torch.from_numpy(mfcc(audio)).to(dev)  # (13, M)
+    n = min_length - WINDOW  # the published `lastframe`
+    v_emb, a_emb = [], []
+    for i in range(0, n, windows_per_batch):
+        idx = torch.arange(i, min(n, i + windows_per_batch), device=dev)
+        chunk = crops[i: i + len(idx) + WINDOW - 1]  # frames of windows i .. i+len(idx)-1
+        v_emb.append(net.forward_lip_sliding(chunk.transpose(0, 1).contiguous()))
+        aud = cc[:, idx[:, None] * 4 + torch.arange(20, device=dev)].permute(1, 0, 2)  # (b,13,20)
+        a_emb.append(net.forward_aud(aud[:, None].contiguous()))
+    return torch.cat(v_emb), torch.cat(a_emb)
+
+
 def min_sync_frames(vshift: int) -> int:
     """The fewest frames the offset search needs so that every offset compares at least half of its windows
     against real audio: ``2·vshift`` windows, ``2·vshift + WINDOW`` frames."""
@@ -339,16 +362,7 @@ class SyncScore(SuiteMetric):
             s = min(h, w) / (2 + 2 * self.crop_scale)  # the crop box then spans the frame's width, from the top
             track = np.tile([[w / 2, s, s]], (min_length, 1))
         crops = crop_faces(bgr, track[:min_length], self.crop_scale)  # (T,3,224,224)
-        cc = torch.from_numpy(mfcc(audio)).to(dev)  # (13, M)
-        n = min_length - WINDOW  # the published `lastframe`
-        v_emb, a_emb = [], []
-        for i in range(0, n, self.windows_per_batch):
-            idx = torch.arange(i, min(n, i + self.windows_per_batch), device=dev)
-            chunk = crops[i: i + len(idx) + WINDOW - 1]  # frames of windows i .. i+len(idx)-1
-            v_emb.append(net.forward_lip_sliding(chunk.transpose(0, 1).contiguous()))
-            aud = cc[:, idx[:, None] * 4 + torch.arange(20, device=dev)].permute(1, 0, 2)  # (b,13,20)
-            a_emb.append(net.forward_aud(aud[:, None].contiguous()))
-        return torch.cat(v_emb), torch.cat(a_emb)
+        return window_embeddings(net, crops, audio, self.windows_per_batch)
 
     def update(self, video: Tensor, audio: Tensor | np.ndarray, keypoints: Tensor | np.ndarray | None = None,
                boxes: Tensor | np.ndarray | None = None) -> None:
