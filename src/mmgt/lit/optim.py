@@ -54,10 +54,29 @@ def legacy_video_optim(optim: Mapping[str, Any], defaults_optim: Mapping[str, An
     return opt, sched
 
 
+# optimiser packages that are optional extras of mmgt: top-level module -> (pip name, extra)
+OPTIONAL_PACKAGES = {"bitsandbytes": ("bitsandbytes", "bnb")}
+
+
+def require_target(node: Mapping[str, Any], key: str = "model.optim") -> None:
+    """Refuse a node whose ``_target_`` lives in a package that is not installed, with the install line (e.g.
+    ``bitsandbytes.optim.AdamW8bit``: the 8-bit AdamW of the original, ``pip install 'mmgt[bnb]'``)."""
+    import importlib.util
+
+    target = str(node.get("_target_") or "")
+    top = target.split(".")[0]
+    if not top or importlib.util.find_spec(top) is not None:
+        return
+    pip, extra = OPTIONAL_PACKAGES.get(top, (top, None))
+    how = f"pip install 'mmgt[{extra}]' (or pip install {pip})" if extra else f"pip install {pip}"
+    raise ImportError(f"{key}._target_={target} needs the package {pip!r}, which is not installed: {how}")
+
+
 def configure_optimizers(params: Iterable[torch.nn.Parameter], optim: Mapping[str, Any],
                          scheduler: Mapping[str, Any] | None) -> Any:
     """What ``LightningModule.configure_optimizers`` returns: ``optim`` called with ``params=``, and when given the
     ``scheduler`` node called with ``optimizer=`` (its ``interval``, step|epoch, is Lightning's: default step)."""
+    require_target(optim)
     opt = instantiate_partial(to_plain(dict(optim)))(params=list(params))
     if not scheduler:
         return opt
@@ -67,4 +86,5 @@ def configure_optimizers(params: Iterable[torch.nn.Parameter], optim: Mapping[st
                                                "interval": interval}}
 
 
-__all__ = ["LEGACY_OPTIM_KEYS", "LEGACY_SCHEDULE_KEYS", "WarmupCosine", "configure_optimizers", "legacy_video_optim"]
+__all__ = ["LEGACY_OPTIM_KEYS", "LEGACY_SCHEDULE_KEYS", "OPTIONAL_PACKAGES", "WarmupCosine", "configure_optimizers",
+           "legacy_video_optim", "require_target"]

@@ -50,7 +50,7 @@ from mmgt.lit.config import (
     yaml_block,
 )
 from mmgt.lit.ema import EMA
-from mmgt.lit.optim import configure_optimizers, legacy_video_optim
+from mmgt.lit.optim import configure_optimizers, legacy_video_optim, require_target
 from mmgt.lit.resume import ResumableTraining
 from mmgt.models.video import VideoNet, VideoSampler, make_scheduler
 from mmgt.pose.masks import MaskConfig
@@ -121,8 +121,20 @@ class VideoModule(ResumableTraining, L.LightningModule):
         sampling: steps, guidance, context_frames, context_overlap, branch_weights (None = attention's), eta.
         ema: {enabled, decay, warmup, init_from_ema}.
         validation: {max_batches: generate for this many val batches, log_media: bool, max_videos, seed}.
-        gradient_checkpointing: recompute UNet activations in backward.
+        gradient_checkpointing: recompute UNet activations in backward: True (both UNets), False, or the UNets to
+            checkpoint (``[denoising_unet]`` / ``[reference_unet]``).
         autocast: None | "bf16" | "fp16" — autocast around the network forward.
+        frozen_dtype: None | "bf16" | "fp16" — hold every frozen parameter of the net (VAE, CLIP, the frozen UNets and
+            pose guider of sub-stage B) in this dtype (needs ``autocast``: frozen and trainable layers of one UNet
+            then meet in the autocast dtype); trainable parameters, their EMA and the optimiser state stay float32.
+        attention_processor: ``sdpa`` (torch's fused attention, diffusers' default) | ``plain`` (matmul + softmax)
+            for every diffusers attention of the net.
+        stage_a_temporal: False builds sub-stage A as an image model (no motion modules, no audio modules: they are
+            identities / unused there); sub-stage B initialised from it starts with identity motion modules and
+            zero-output audio modules, the function a sub-stage-A checkpoint with them gives.
+        channels_last: convolution weights (and so activations) in channels-last memory format.
+        vae_slicing / vae_tiling: diffusers' VAE memory switches (:meth:`~mmgt.models.video.codec.VAECodec.set_memory`).
+        compile: ``torch.compile`` the backbone's networks (in place: state-dict names unchanged).
         load_weights: load the pretrained files named in ``net`` (False: random init, e.g. tests at full size).
         data_info: ``datamodule.info()`` (audio_embed_shape, num_branches, frame_size, fps).
         metrics: the ``metrics`` group (a ``mmgt.metrics.MetricSuite`` node: PSNR, SSIM, LPIPS, FVD, Sync-C/D on the
@@ -136,14 +148,24 @@ class VideoModule(ResumableTraining, L.LightningModule):
                  trainable: Sequence[str] | None = None, init_from: str | None = None, scheduler: Any = None,
                  sampling: Any = None, ema: Any = None, validation: Any = None, gradient_checkpointing: bool = False,
                  autocast: str | None = None, load_weights: bool = True, init_exclude: Sequence[str] | None = None,
-                 data_info: Any = None, metrics: Any = None, lr_scheduler: Any = None) -> None:
+                 data_info: Any = None, metrics: Any = None, lr_scheduler: Any = None, frozen_dtype: str | None = None,
+                 attention_processor: str = "sdpa", stage_a_temporal: bool = True, channels_last: bool = False,
+                 vae_slicing: bool = False, vae_tiling: bool = False, compile: bool = False) -> None:
         super().__init__()
         stage = str(substage).lower()
         if stage not in STAGES:
             raise ValueError(f"model.substage must be one of {STAGES}, got {stage!r}")
         if autocast not in (None, "bf16", "fp16"):
             raise ValueError(f"model.autocast must be null, bf16 or fp16, got {autocast!r}")
+        if frozen_dtype not in (None, "bf16", "fp16"):
+            raise ValueError(f"model.frozen_dtype must be null, bf16 or fp16, got {frozen_dtype!r}")
+        if frozen_dtype is not None and autocast is None:
+            raise ValueError(f"model.frozen_dtype={frozen_dtype} needs model.autocast (bf16 or fp16): frozen and "
+                             "trainable layers of one UNet meet in the autocast dtype")
         optim, lr_scheduler = self._optim_nodes(to_plain(optim), to_plain(lr_scheduler))
+        require_target(optim)  # an optional optimiser package (bitsandbytes) is named before anything is built
+        checkpointing = to_plain(gradient_checkpointing)
+        checkpointing = list(checkpointing) if isinstance(checkpointing, list | tuple) else bool(checkpointing)
         hp = dict(net=to_plain(net), attention=to_plain(attention) or {"type": "none"},
                   loss=VideoLossConfig.from_dict(loss, "loss").to_dict(), optim=optim, lr_scheduler=lr_scheduler,
                   substage=stage, trainable=list(to_plain(trainable) or DEFAULT_TRAINABLE[stage]), init_from=init_from,
@@ -151,8 +173,11 @@ class VideoModule(ResumableTraining, L.LightningModule):
                   sampling=VideoSamplingConfig.from_dict(sampling, "model.sampling").to_dict(),
                   ema=VideoEMAConfig.from_dict(ema, "model.ema").to_dict(),
                   validation=ValidationConfig.from_dict(validation, "model.validation").to_dict(),
-                  gradient_checkpointing=bool(gradient_checkpointing),
-                  autocast=autocast, load_weights=bool(load_weights),
+                  gradient_checkpointing=checkpointing,
+                  autocast=autocast, load_weights=bool(load_weights), frozen_dtype=frozen_dtype,
+                  attention_processor=str(attention_processor), stage_a_temporal=bool(stage_a_temporal),
+                  channels_last=bool(channels_last), vae_slicing=bool(vae_slicing), vae_tiling=bool(vae_tiling),
+                  compile=bool(compile),
                   init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {},
                   metrics=to_plain(metrics))
         hp["data_info"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp["data_info"].items()}
@@ -164,7 +189,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
         mask_resize = MaskConfig.from_dict(info["mask"]).resize if info.get("mask") else "area"
         self.net = VideoNet(hp["net"], audio_shape, {k: v for k, v in att.items() if k != "audio_embed_shape"},
                             load_weights=hp["load_weights"], key="size.video", mask_branches=info.get("num_branches"),
-                            mask_resize=mask_resize)
+                            mask_resize=mask_resize, temporal=stage == "b" or hp["stage_a_temporal"])
         frame = info.get("frame_size")
         factor = self.net.codec.factor
         if frame and (int(frame[0]) % factor or int(frame[1]) % factor):
@@ -179,8 +204,22 @@ class VideoModule(ResumableTraining, L.LightningModule):
         self.trainable_names = self.net.set_trainable(hp["trainable"])
         if not self.trainable_names:
             raise ValueError(f"model.trainable={hp['trainable']} selects no parameters")
-        if hp["gradient_checkpointing"]:
-            self.net.enable_gradient_checkpointing()
+        gc = hp["gradient_checkpointing"]
+        if gc:
+            self.net.enable_gradient_checkpointing(None if gc is True else gc)
+        self.net.set_attention_processor(hp["attention_processor"])
+        if hp["vae_slicing"] or hp["vae_tiling"]:
+            if not hasattr(self.net.codec, "set_memory"):
+                raise ValueError("model.vae_slicing / model.vae_tiling need a VAE codec (size.video.codec.type=vae), "
+                                 f"this net has {type(self.net.codec).__name__}")
+            self.net.codec.set_memory(slicing=hp["vae_slicing"], tiling=hp["vae_tiling"])
+        if frozen_dtype is not None:
+            self.cast_frozen(frozen_dtype)
+        if hp["channels_last"]:
+            self.net.to(memory_format=torch.channels_last)
+        if hp["compile"]:
+            for child in self.net.backbone.children():
+                child.compile()
         self.scheduler = make_scheduler(**hp["scheduler"])
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         e = hp["ema"]
@@ -198,6 +237,28 @@ class VideoModule(ResumableTraining, L.LightningModule):
             return dict(optim), lr_scheduler
         return legacy_video_optim(optim, yaml_block("model/video.yaml", "optim"),
                                   {**yaml_block("model/video.yaml", "lr_scheduler"), **(lr_scheduler or {})})
+
+    def cast_frozen(self, dtype: str | torch.dtype) -> int:
+        """Hold every frozen parameter of the net in ``dtype`` (``bf16`` | ``fp16`` or a torch dtype); trainable ones
+        stay as they are. Returns the number of values cast."""
+        dt = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(dtype, dtype) if isinstance(dtype, str) else dtype
+        if not isinstance(dt, torch.dtype):
+            raise ValueError(f"model.frozen_dtype must be bf16 or fp16, got {dtype!r}")
+        n = 0
+        with torch.no_grad():
+            for p in self.net.parameters():
+                if not p.requires_grad and p.dtype != dt:
+                    p.data = p.data.to(dt)
+                    n += p.numel()
+        return n
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict``; channels-last weights stay channels-last after ``assign=True`` (the
+        checkpoint readers assign the file's contiguous tensors)."""
+        out = super().load_state_dict(state_dict, strict=strict, assign=assign)
+        if assign and self.hparams.get("channels_last"):
+            self.net.to(memory_format=torch.channels_last)
+        return out
 
     def _trainable_params(self) -> list[tuple[str, nn.Parameter]]:
         names = set(self.trainable_names)

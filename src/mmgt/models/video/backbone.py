@@ -16,7 +16,8 @@ attention variant) and talks to the denoiser only through :class:`Backbone`:
   ``denoising_unet`` (spatial denoiser), ``motion_modules`` (temporal layers) and ``reference_unet`` (reference
   path) are what the sub-stage defaults and the experiment configs list, whatever the architecture; a backbone may
   add groups of its own;
-- gradient checkpointing (:meth:`Backbone.enable_gradient_checkpointing`).
+- gradient checkpointing (:meth:`Backbone.enable_gradient_checkpointing`, optionally of named children only);
+- ``temporal=False`` (sub-stage A without motion modules): passed only to backbones whose constructor takes it.
 
 A backbone keeps its weights in named child modules; VideoNet registers those children as its own top-level parts,
 so the state-dict names stay those of the parts (``denoising_unet.*``, ``reference_unet.*`` for the UNet: checkpoints
@@ -108,7 +109,8 @@ class Backbone(nn.Module, ABC):
         if self.reference_layers:
             raise NotImplementedError(f"{type(self).__name__} names reference layers but has no run_reference")
 
-    def enable_gradient_checkpointing(self) -> None:
+    def enable_gradient_checkpointing(self, parts: Sequence[str] | None = None) -> None:
+        """Recompute activations in backward; ``parts``: only these child modules (None: all that support it)."""
         raise NotImplementedError(f"{type(self).__name__} does not support gradient checkpointing")
 
     def attach(self, site: Site, fn: Callable[[torch.Tensor], torch.Tensor]) -> RemovableHandle:
@@ -117,8 +119,9 @@ class Backbone(nn.Module, ABC):
 
 
 def build_backbone(cfg: Mapping[str, Any], ctx: ForwardContext, latent_channels: int, load_weights: bool = True,
-                   key: str = "size.video") -> Backbone:
-    """The backbone of a ``size.video`` block: ``backbone: {_target_, ...}`` or, by default, the UNet of ``unet``."""
+                   key: str = "size.video", temporal: bool = True) -> Backbone:
+    """The backbone of a ``size.video`` block: ``backbone: {_target_, ...}`` or, by default, the UNet of ``unet``.
+    ``temporal=False``: without temporal layers (the backbone class must take a ``temporal`` argument)."""
     node, unet = cfg.get("backbone"), cfg.get("unet")
     if node is None:
         from mmgt.models.video.unet import UNetBackbone
@@ -132,5 +135,13 @@ def build_backbone(cfg: Mapping[str, Any], ctx: ForwardContext, latent_channels:
         if target is None:
             raise ValueError(f"{where} needs a _target_ (the backbone class)")
     cls = component_class(target, Backbone, f"{where}._target_" if node is not None else where, "a stage-2 backbone")
+    extra: dict[str, Any] = {}
+    if not temporal:
+        import inspect
+
+        if "temporal" not in inspect.signature(cls).parameters:
+            raise ValueError(f"{where}: {cls.__name__} cannot be built without temporal layers (it takes no "
+                             "`temporal` argument); set model.stage_a_temporal=true")
+        extra["temporal"] = False
     return construct(cls, where, kwargs, ctx=ctx, latent_channels=int(latent_channels),
-                     load_weights=bool(load_weights), key=where)
+                     load_weights=bool(load_weights), key=where, **extra)

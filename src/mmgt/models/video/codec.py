@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgt.models.pretrained import as_dtype
 from mmgt.models.video.weights import load_pretrained
 
 
@@ -64,6 +65,21 @@ class VAECodec(nn.Module):
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         return self.vae.decode(latents.to(self.vae.dtype) / self.scale).sample.clamp(-1, 1).to(latents.dtype)
 
+    def set_memory(self, slicing: bool = False, tiling: bool = False) -> None:
+        """diffusers' memory switches of the VAE: ``slicing`` encodes/decodes one image of a batch at a time (the
+        same result, a smaller peak: a 12-frame window at 512² decodes 12 images at once otherwise); ``tiling`` splits
+        frames larger than the VAE's tile size (its config's ``sample_size``: 512 px for SD) into overlapping tiles
+        blended at the seams (frames no larger than a tile are untouched)."""
+        vae = self.vae
+        if slicing:
+            vae.enable_slicing()
+        else:
+            vae.disable_slicing()
+        if tiling:
+            vae.enable_tiling()
+        else:
+            vae.disable_tiling()
+
 
 # SD-1.5 VAE layout (used to build it without weights, e.g. on the meta device).
 SD_VAE_CONFIG: dict[str, Any] = dict(
@@ -87,7 +103,8 @@ def build_codec(cfg: dict, key: str = "size.video.codec", load_weights: bool = T
         from diffusers import AutoencoderKL
 
         if not load_weights:
-            return VAECodec(AutoencoderKL(**dict(cfg.get("config") or SD_VAE_CONFIG)), cfg.get("scaling_factor"))
+            vae = AutoencoderKL(**dict(cfg.get("config") or SD_VAE_CONFIG))
+            return VAECodec(vae.to(as_dtype(cfg.get("dtype"), f"{key}.dtype")), cfg.get("scaling_factor"))
         vae = load_pretrained(AutoencoderKL, cfg.get("path"), key=f"{key}.path", what="vae", variant=cfg.get("variant"),
                               dtype=cfg.get("dtype"))
         return VAECodec(vae, cfg.get("scaling_factor"))

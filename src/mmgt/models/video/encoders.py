@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmgt.models.pretrained import as_dtype
 from mmgt.models.video.weights import load_pretrained
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
@@ -87,6 +88,7 @@ def build_image_encoder(cfg: dict, dim: int, key: str = "size.video.image_encode
                                     what="image_encoder", variant=cfg.get("variant"), dtype=cfg.get("dtype"))
         else:
             model = CLIPVisionModelWithProjection(CLIPVisionConfig(**dict(cfg.get("config") or CLIP_L14_CONFIG)))
+            model = model.to(as_dtype(cfg.get("dtype"), f"{key}.dtype"))
         enc = CLIPImageEncoder(model)
         if enc.dim != dim:
             raise ValueError(f"{key}: CLIP projection_dim {enc.dim} != UNet cross_attention_dim {dim}")

@@ -25,7 +25,7 @@ from mmgt.models.video.codec import build_codec
 from mmgt.models.video.encoders import CLIPImageEncoder, build_image_encoder
 from mmgt.models.video.mmhaa import MASK_RESIZE, MaskPyramid, as_weights
 from mmgt.models.video.pose_guider import PoseGuider
-from mmgt.models.video.reference import ForwardContext
+from mmgt.models.video.reference import ForwardContext, set_attention_processor
 
 NET_KEYS = frozenset(("codec", "image_encoder", "unet", "backbone", "pose_guider", "audio_proj", "audio_attention",
                       "reference_bank_dtype"))
@@ -48,13 +48,17 @@ class VideoNet(nn.Module):
             :func:`~mmgt.models.video.mmhaa.resize_masks`; the mask config's ``resize``).
         load_weights: load the pretrained files named in ``cfg`` (False: random init, e.g. on the meta device).
         key: config path of ``cfg`` used in error messages.
+        temporal: False builds an image model: a backbone without temporal layers and no audio projection or audio
+            modules (sub-stage A uses neither: identity motion modules and skipped audio modules would only take
+            memory and checkpoint space); a temporal net initialised from it starts with identity motion modules
+            and zero-output audio modules, the same function.
     """
 
     def __init__(self, cfg: Mapping[str, Any], audio_shape: Sequence[int] | None = None,
                  attention: str | Mapping[str, Any] | None = "mm_haa", attention_blocks: Sequence[str] | None = None,
                  n_branches: int | None = None, load_weights: bool = True, key: str = "size.video",
                  attention_module: str | type | None = None, mask_branches: int | None = None,
-                 mask_resize: str = "area") -> None:
+                 mask_resize: str = "area", temporal: bool = True) -> None:
         super().__init__()
         unknown = sorted(set(cfg) - NET_KEYS)
         if unknown:
@@ -65,6 +69,9 @@ class VideoNet(nn.Module):
         elif (attention_blocks, n_branches, attention_module) != (None, None, None):
             raise ValueError("VideoNet: with an attention config, give blocks / n_branches / module inside it")
         variant, settings = variant_class(attention)
+        self.temporal = bool(temporal)
+        if not self.temporal:  # an image model: no audio modules (settings of the configured variant unused)
+            variant, settings = variant_class(None)
         if mask_resize not in MASK_RESIZE:
             raise ValueError(f"mask resize mode must be one of {MASK_RESIZE}, got {mask_resize!r}")
         self.mask_resize = mask_resize
@@ -77,7 +84,7 @@ class VideoNet(nn.Module):
                              f"got {bank_dtype!r}")
         self.bank_dtype = None if bank_dtype is None else getattr(torch, bank_dtype)
         self.codec = build_codec(cfg["codec"], f"{key}.codec", load_weights)
-        backbone = build_backbone(cfg, self.ctx, self.codec.latent_channels, load_weights, key)
+        backbone = build_backbone(cfg, self.ctx, self.codec.latent_channels, load_weights, key, temporal=temporal)
         self._adopt(backbone)
         site = backbone.input_site()
         pg = dict(cfg.get("pose_guider") or {})
@@ -294,5 +301,15 @@ class VideoNet(nn.Module):
                 out.append(n)
         return out
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.backbone.enable_gradient_checkpointing()
+    def enable_gradient_checkpointing(self, parts: Sequence[str] | None = None) -> None:
+        """Checkpoint the backbone's activations; ``parts``: only these children (UNet: ``denoising_unet`` /
+        ``reference_unet``; None: all)."""
+        if parts is None:
+            self.backbone.enable_gradient_checkpointing()
+        else:
+            self.backbone.enable_gradient_checkpointing(list(parts))
+
+    def set_attention_processor(self, kind: str = "sdpa") -> int:
+        """Every diffusers attention of the net (UNets, motion and audio modules) computed ``sdpa`` (torch's fused
+        kernel, diffusers' default) or ``plain`` (matmul + softmax); returns how many layers were set."""
+        return set_attention_processor(self, kind)

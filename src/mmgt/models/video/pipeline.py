@@ -66,12 +66,16 @@ class VideoSampler:
         scheduler: the training scheduler (its config is copied).
         beta_schedule: sample with these betas instead of the training ones (None: the same; MMGT's inference
             used ``linear`` while training with ``scaled_linear``).
+        cache_reference: run the reference path once per clip and reuse its bank in every step and window (the
+            reference image does not change; False recomputes it in every forward, the same video at one more
+            reference-UNet pass per forward: kept to measure what the cache saves).
     """
 
     def __init__(self, net: VideoNet, scheduler: DDIMScheduler, steps: int = 30, guidance: float = 3.5,
                  context_frames: int = 12, context_overlap: int = 4, eta: float = 0.0,
-                 beta_schedule: str | None = None) -> None:
+                 beta_schedule: str | None = None, cache_reference: bool = True) -> None:
         self.net, self.steps, self.guidance, self.eta = net, int(steps), float(guidance), float(eta)
+        self.cache_reference = bool(cache_reference)
         extra = {} if beta_schedule is None else {"beta_schedule": str(beta_schedule)}
         self.scheduler = DDIMScheduler.from_config(scheduler.config, **extra)
         self.context_frames, self.context_overlap = int(context_frames), int(context_overlap)
@@ -94,7 +98,7 @@ class VideoSampler:
         cfg = self.guidance != 1.0
         if cfg:  # the reference UNet runs once on the CFG batch, as MMGT's pipeline (the uncond half never reads it)
             ref_lat, emb = torch.cat([ref_lat, ref_lat]), torch.cat([emb, emb])
-        bank = net.encode_reference(ref_lat, emb)
+        bank = net.encode_reference(ref_lat, emb) if self.cache_reference else None
         c, h, w = ref_lat.shape[1:]
         if latents is None:
             latents = torch.randn((b, c, f, h, w), generator=generator, device=ref_lat.device, dtype=ref_lat.dtype)
@@ -122,8 +126,8 @@ class VideoSampler:
                 if cfg:
                     x, pose, aud, msk = torch.cat([x, x]), torch.cat([pose, pose]), _twice(aud), _twice(msk)
                 ts = t.reshape(1).expand(x.shape[0]).to(latents.device)
-                v = net(x, ts, None, emb, pose, aud, msk, branch_weights, drop_image=drop, drop_audio=drop,
-                        reference=bank)
+                v = net(x, ts, None if self.cache_reference else ref_lat, emb, pose, aud, msk, branch_weights,
+                        drop_image=drop, drop_audio=drop, reference=bank)
                 if cfg:
                     v_u, v_c = v.chunk(2)
                     v = v_u + self.guidance * (v_c - v_u)

@@ -19,8 +19,21 @@ from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
-from diffusers.models.attention_processor import Attention, AttnProcessor2_0
+from diffusers.models.attention_processor import Attention, AttnProcessor, AttnProcessor2_0
 from torch import nn
+
+# how attention scores are computed (``model.attention_processor``): ``sdpa`` = torch's fused
+# scaled_dot_product_attention (diffusers' AttnProcessor2_0, its default), ``plain`` = diffusers' AttnProcessor
+# (explicit matmul + softmax: the reference the fused kernels are checked against, and the fallback for a backend
+# whose fused attention misbehaves)
+ATTENTION_PROCESSORS = ("sdpa", "plain")
+
+
+def base_processor(kind: str = "sdpa") -> AttnProcessor | AttnProcessor2_0:
+    """diffusers' processor of an attention kind (see :data:`ATTENTION_PROCESSORS`)."""
+    if kind not in ATTENTION_PROCESSORS:
+        raise ValueError(f"model.attention_processor must be one of {ATTENTION_PROCESSORS}, got {kind!r}")
+    return AttnProcessor2_0() if kind == "sdpa" else AttnProcessor()
 
 
 @dataclass
@@ -46,11 +59,20 @@ def _check_plain(attn: Attention, name: str) -> None:
         raise ValueError(f"{name}: reference attention supports plain self-attention only (found {fancy})")
 
 
-class ReferenceWriteProcessor:
-    """Stores the (normed) self-attention input in ``ctx.bank[name]`` while writing, then attends as usual."""
+class ReferenceProcessor:
+    """A processor of the reference pairing: its layer's ``name`` in the bank, the shared ``ctx`` and how it
+    attends (``kind``: ``sdpa`` | ``plain``, :data:`ATTENTION_PROCESSORS`)."""
 
-    def __init__(self, name: str, ctx: ForwardContext) -> None:
-        self.name, self.ctx, self.base = name, ctx, AttnProcessor2_0()
+    def __init__(self, name: str, ctx: ForwardContext, kind: str = "sdpa") -> None:
+        self.name, self.ctx = name, ctx
+        self.set_kind(kind)
+
+    def set_kind(self, kind: str) -> None:
+        self.kind, self.base = kind, base_processor(kind)
+
+
+class ReferenceWriteProcessor(ReferenceProcessor):
+    """Stores the (normed) self-attention input in ``ctx.bank[name]`` while writing, then attends as usual."""
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -59,11 +81,8 @@ class ReferenceWriteProcessor:
         return self.base(attn, hidden_states, encoder_hidden_states, attention_mask, temb)
 
 
-class ReferenceReadProcessor:
+class ReferenceReadProcessor(ReferenceProcessor):
     """Self-attention whose keys/values also include the reference tokens of the same layer."""
-
-    def __init__(self, name: str, ctx: ForwardContext) -> None:
-        self.name, self.ctx, self.base = name, ctx, AttnProcessor2_0()
 
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
@@ -79,16 +98,24 @@ class ReferenceReadProcessor:
         if n != ref.shape[0] * rep:
             raise ValueError(f"{self.name}: {n} frames != {ref.shape[0]} reference samples x {rep} frames")
         kv = torch.cat([hidden_states, ref.to(hidden_states.dtype).repeat_interleave(rep, dim=0)], dim=1)
-        heads = attn.heads
-        q = attn.to_q(hidden_states).view(n, s, heads, -1).transpose(1, 2)
-        k = attn.to_k(kv).view(n, kv.shape[1], heads, -1).transpose(1, 2)
-        v = attn.to_v(kv).view(n, kv.shape[1], heads, -1).transpose(1, 2)
         mask = None
         if keep is not None and not bool(keep.all()):
             mask = torch.ones(n, 1, 1, kv.shape[1], dtype=torch.bool, device=kv.device)
             mask[:, 0, 0, s:] = keep.to(kv.device).repeat_interleave(rep)[:, None]
-        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
-        out = out.transpose(1, 2).reshape(n, s, -1).to(q.dtype)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(kv), attn.to_v(kv)
+        if self.kind == "sdpa":
+            heads = attn.heads
+            q, k, v = (t.view(n, t.shape[1], heads, -1).transpose(1, 2) for t in (q, k, v))
+            out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+            out = out.transpose(1, 2).reshape(n, s, -1).to(q.dtype)
+        else:  # diffusers' AttnProcessor path: heads folded into the batch, an additive mask
+            bias = None
+            if mask is not None:
+                bias = torch.zeros(mask.shape, dtype=q.dtype, device=q.device)
+                bias.masked_fill_(~mask, torch.finfo(q.dtype).min)
+                bias = bias.expand(n, attn.heads, 1, kv.shape[1]).reshape(n * attn.heads, 1, kv.shape[1])
+            q, k, v = attn.head_to_batch_dim(q), attn.head_to_batch_dim(k), attn.head_to_batch_dim(v)
+            out = attn.batch_to_head_dim(torch.bmm(attn.get_attention_scores(q, k, bias), v))
         return attn.to_out[1](attn.to_out[0](out))
 
 
@@ -96,6 +123,22 @@ def spatial_self_attention(unet: nn.Module) -> dict[str, Attention]:
     """Name -> module of every spatial self-attention (``attn1`` inside ``attentions``; not motion modules)."""
     return {name: m for name, m in unet.named_modules()
             if isinstance(m, Attention) and name.endswith(".attn1") and ".attentions." in name}
+
+
+def set_attention_processor(module: nn.Module, kind: str = "sdpa") -> int:
+    """Compute every diffusers attention inside ``module`` the ``kind`` way (``sdpa`` | ``plain``); the reference
+    writers/readers keep their role. Returns the number of attention layers set."""
+    base_processor(kind)  # refuses unknown kinds
+    n = 0
+    for m in module.modules():
+        if isinstance(m, Attention):
+            proc = m.processor
+            if isinstance(proc, ReferenceProcessor):
+                proc.set_kind(kind)
+            else:
+                m.set_processor(base_processor(kind))
+            n += 1
+    return n
 
 
 def attach_reference(reference_unet: nn.Module, denoising_unet: nn.Module, ctx: ForwardContext) -> list[str]:

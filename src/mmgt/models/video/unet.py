@@ -253,6 +253,7 @@ def build_denoising_unet(cfg: dict, latent_channels: int, key: str = "size.video
 
 
 BLOCK_KINDS = ("down", "mid", "up")
+CHECKPOINTABLE = ("denoising_unet", "reference_unet")  # model.gradient_checkpointing: [<these>]
 
 
 class UNetBackbone(Backbone):
@@ -261,13 +262,23 @@ class UNetBackbone(Backbone):
 
     Attention sites are the spatial ``Transformer2DModel`` layers of the blocks named by ``attention.blocks``:
     ``down`` / ``mid`` / ``up`` (every block of that kind with attention) or single blocks such as ``down.1``.
+
+    ``temporal=False`` builds the denoising UNet as a plain ``UNet2DConditionModel`` (no motion modules: the frames
+    of a window are denoised independently, which is what identity motion modules compute); its state-dict names
+    are those of the motion UNet's spatial layers, so a sub-stage-B net (``temporal=True``) initialised from it
+    takes every tensor and starts its motion modules as identities.
     """
 
     def __init__(self, ctx: ForwardContext, latent_channels: int, load_weights: bool = True,
-                 key: str = "size.video.unet", **unet: Any) -> None:
+                 key: str = "size.video.unet", temporal: bool = True, **unet: Any) -> None:
         super().__init__(ctx)
+        self.temporal = bool(temporal)
         self.reference_unet = build_reference_unet(unet, latent_channels, key, load_weights)
-        self.denoising_unet = build_denoising_unet(unet, latent_channels, key, load_weights)
+        if self.temporal:
+            self.denoising_unet = build_denoising_unet(unet, latent_channels, key, load_weights)
+        else:  # an image model (sub-stage A without motion modules): the SD UNet alone, inflated at sub-stage B
+            check_unet_config(unet, key)
+            self.denoising_unet = build_reference_unet(unet, latent_channels, key, load_weights)
         if self.denoising_unet.config.in_channels != latent_channels:
             raise ValueError(f"{key}: UNet in_channels {self.denoising_unet.config.in_channels} != codec "
                              f"latent channels {latent_channels}")
@@ -277,8 +288,13 @@ class UNetBackbone(Backbone):
         self.reference_layers = attach_reference(self.reference_unet, self.denoising_unet, ctx)
 
     def forward(self, latents: torch.Tensor, timesteps: torch.Tensor, context: torch.Tensor) -> torch.Tensor:
-        ehs = context.repeat_interleave(latents.shape[2], dim=0)  # one token per frame (B·F, 1, D)
-        return self.denoising_unet(latents, timesteps, encoder_hidden_states=ehs, return_dict=False)[0]
+        b, c, f, h, w = latents.shape
+        ehs = context.repeat_interleave(f, dim=0)  # one token per frame (B·F, 1, D)
+        if self.temporal:
+            return self.denoising_unet(latents, timesteps, encoder_hidden_states=ehs, return_dict=False)[0]
+        x = latents.transpose(1, 2).reshape(b * f, c, h, w)  # frames into the batch, as the motion UNet does
+        out = self.denoising_unet(x, timesteps.repeat_interleave(f), encoder_hidden_states=ehs, return_dict=False)[0]
+        return out.reshape(b, f, *out.shape[1:]).transpose(1, 2)
 
     def run_reference(self, ref_latents: torch.Tensor, context: torch.Tensor) -> None:
         t0 = torch.zeros(ref_latents.shape[0], device=ref_latents.device, dtype=torch.long)
@@ -334,6 +350,12 @@ class UNetBackbone(Backbone):
                 groups["reference_unet"].append((n, p))
         return groups
 
-    def enable_gradient_checkpointing(self) -> None:
-        self.reference_unet.enable_gradient_checkpointing()
-        self.denoising_unet.enable_gradient_checkpointing()
+    def enable_gradient_checkpointing(self, parts: Sequence[str] | None = None) -> None:
+        """Recompute the activations of the named UNets (``denoising_unet`` / ``reference_unet``; None: both) in
+        backward (diffusers' per-block checkpointing, active in training mode only)."""
+        names = CHECKPOINTABLE if parts is None else tuple(parts)
+        bad = [p for p in names if p not in CHECKPOINTABLE]
+        if bad:
+            raise ValueError(f"model.gradient_checkpointing: unknown UNet(s) {bad}; choose from {list(CHECKPOINTABLE)}")
+        for name in names:
+            getattr(self, name).enable_gradient_checkpointing()
