@@ -15,6 +15,7 @@ stored under ``baselines`` in ``metrics.json``.
 
 from __future__ import annotations
 
+import copy
 import logging
 import math
 from collections.abc import Callable
@@ -144,7 +145,8 @@ def evaluate_folders(cfg: DictConfig) -> int:
     unknown = [b for b in wanted if b not in BASELINES]
     if unknown:
         raise ValueError(f"evaluate.baselines: unknown {unknown}; known: {list(BASELINES)}")
-    baselines = {b: build_suite(cfg.metrics, MetricSuite).to(device) for b in wanted}
+    # copies of the fresh suite: its networks are read and checksummed once, not once per baseline
+    baselines = {b: copy.deepcopy(suite) for b in wanted}
     notes: list[str] = []
     rows: list[dict] = []
     for name, gen, ref in tqdm(pairing.pairs, desc="evaluate", unit="video"):
