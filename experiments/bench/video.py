@@ -38,7 +38,6 @@ def make_batch(b: int, n: int, size: int, factor: int, audio: tuple[int, int, in
     masks = torch.rand(b, k, n, h, h, device=device)
     return dict(frames=torch.rand(b, n, 3, size, size, device=device) * 2 - 1,
                 pose_images=torch.rand(b, n, 3, size, size, device=device), masks=masks,
-                mask_pyramid=[masks] + [masks[..., :: 2 ** i, :: 2 ** i].contiguous() for i in range(1, 4)],
                 ref_frame=torch.rand(b, 3, size, size, device=device) * 2 - 1,
                 audio_emb=torch.randn(b, n, *audio, device=device), clip_id=[f"c{i}" for i in range(b)])
 
