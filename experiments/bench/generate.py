@@ -57,7 +57,7 @@ def build_pipeline(args: argparse.Namespace):
                       data_info=dict(audio_feature_dim=66, window=80 if args.full else 32, frame_size=[size, size],
                                      fps=25.0, normalizer=dict(width=size, height=size, margin=0.5, legacy=False)),
                       sampling=dict(steps=args.pose_steps, guidance=2.0))
-    info = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[size, size], fps=25.0, mask_levels=4,
+    info = dict(audio_embed_shape=[5, 2, 32], num_branches=3, frame_size=[size, size], fps=25.0,
                 audio_context=2, mask=MaskConfig().to_dict())
     video = VideoModule(video_net, attention={"type": "mm_haa", "blocks": ["down"]},
                         substage="b", load_weights=False, data_info=info,
