@@ -255,3 +255,42 @@ def test_stage2_corrupt_video_is_replaced(corpus_root: Path, tmp_path: Path, cap
         ids = [cid for batch in dm.val_dataloader() for cid in batch["clip_id"]]
     assert len(ids) == len(dm.datasets["val"]) and set(ids) == {"a1"}
     assert str(root / bad.video) in caplog.text
+
+
+def test_frame_cache_serves_the_same_windows_and_keeps_its_budget(corpus_root: Path, monkeypatch) -> None:
+    """data.frame_cache_mb: the windows served from decoded clips in memory equal the ones read from the file each
+    time; each clip is decoded once while the budget holds it, and a clip beyond the budget is read per window."""
+    from mmgt.data import corpus as corpus_mod
+
+    calls: list[tuple[str, int, int | None]] = []
+    real = corpus_mod.Corpus.load_video
+
+    def counted(self, rec, start=0, count=None):  # noqa: ANN001, ANN202 - a spy on the real loader
+        calls.append((rec.clip_id, start, count))
+        return real(self, rec, start, count)
+
+    monkeypatch.setattr(corpus_mod.Corpus, "load_video", counted)
+
+    def items(cache_mb: float) -> list[dict]:
+        dm = _dm(corpus_root, "video", n_frames=3, stride=2, frame_cache_mb=cache_mb)
+        dm.setup("validate")
+        ds = dm.datasets["val"]
+        return [ds[i] for i in range(len(ds))] * 2  # every window twice
+
+    plain = items(0)
+    assert all(count is not None for _, _, count in calls)  # off: window reads only
+    calls.clear()
+    cached = items(256)
+    assert len(plain) == len(cached) > 4
+    for a, b in zip(plain, cached, strict=True):
+        assert a["clip_id"] == b["clip_id"] and a["start"] == b["start"]
+        for key in ("frames", "ref_frame", "pose_images", "masks"):
+            assert torch.equal(a[key], b[key]), key
+    assert sorted(calls) == [("a1", 0, None), ("b1", 0, None)]  # each val clip decoded once, whole
+    calls.clear()
+    one_clip = N_FRAMES * SIZE * SIZE * 3 / 2**20  # room for exactly one decoded clip
+    items(one_clip)
+    whole = [c for c in calls if c[2] is None]
+    assert len(whole) == 1 and len(calls) > 1  # the first clip is held, the second read window by window
+    with pytest.raises(ValueError, match="frame_cache_mb"):
+        _dm(corpus_root, "video", frame_cache_mb=-1)

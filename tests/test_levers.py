@@ -176,7 +176,7 @@ def test_gradient_checkpointing_is_exact(substage: str, parts) -> None:
 
 # ------------------------------------------------------------------------------------------------ 8-bit AdamW
 
-BNB_OPTIM = {**ADAMW_8BIT, "lr": 1e-3}  # the learning test's 8-bit run: test_video_lit
+BNB_OPTIM = {**ADAMW_8BIT, "lr": 1e-3}
 
 
 def fit(m: VideoModule, batch: dict, steps: int) -> list[float]:

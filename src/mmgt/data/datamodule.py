@@ -84,7 +84,9 @@ class PATSDataModule(L.LightningDataModule):
     ``synthetic`` ``{generate_if_missing, **ensure_corpus kwargs}`` or None; ``audio_context`` wav2vec window
     radius (2 -> 5 frames); ``pose_margin`` / ``legacy_pose_norm`` the :class:`PoseNormalizer` settings;
     ``manifest_wait_s`` how long a process that is not its node's rank 0 waits for rank 0 to write the synthetic
-    corpus before it fails naming the manifest (a dead or hung writer must not block a job for hours).
+    corpus before it fails naming the manifest (a dead or hung writer must not block a job for hours);
+    ``frame_cache_mb`` stage 2: decoded clips kept in memory per loader worker up to this size (0 = off;
+    :class:`~mmgt.data.datasets.FrameCache`).
     """
 
     def __init__(
@@ -112,6 +114,7 @@ class PATSDataModule(L.LightningDataModule):
         multiprocessing_context: str | None = None,
         manifest_wait_s: float = 600.0,
         pose_render: Mapping[str, Any] | None = None,
+        frame_cache_mb: float = 256.0,
     ) -> None:
         super().__init__()
         if stage not in STAGES:
@@ -127,6 +130,9 @@ class PATSDataModule(L.LightningDataModule):
         self.batch_size = int(batch_size)
         self.val_batch_size = int(val_batch_size) if val_batch_size else self.batch_size
         self.num_workers = int(num_workers)
+        if float(frame_cache_mb) < 0:
+            raise ValueError(f"data.frame_cache_mb must be >= 0 (0: off), got {frame_cache_mb}")
+        self.frame_cache_mb = float(frame_cache_mb)
         self.image_size = _size_pair(image_size)
         self.mask = _plain_mask(mask)
         self.stage1_kwargs = _plain_dict(stage1_features, "stage1_features") or {}
@@ -325,7 +331,8 @@ class PATSDataModule(L.LightningDataModule):
         else:
             conditions = ConditionProcessor(self.mask_builder, self.pose_render)
             ds = VideoWindowDataset(self.corpus, records, self.n_frames, self.stride, image_size=self.image_size,
-                                    conditions=conditions, audio_context=self.audio_context, **common)
+                                    conditions=conditions, audio_context=self.audio_context,
+                                    frame_cache_mb=self.frame_cache_mb, **common)
         if len(ds) == 0:
             log.warning("%s split of %s has no %d-frame windows", split, self.root, ds.length)
         return ds
