@@ -35,6 +35,7 @@ class Probe(L.Callback):
                            batch_idx: int) -> None:
         flat = torch.cat([p.detach().flatten().double() for p in pl_module.parameters()])
         self.weights.append([float(flat.sum()), float(flat.abs().sum()), float(flat[::97].pow(2).sum())])
+        print(f"probe: rank {trainer.global_rank} finished step {trainer.global_step}", flush=True)
 
     def on_fit_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("val/")}

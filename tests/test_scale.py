@@ -110,19 +110,23 @@ def test_hung_rank_ends_the_job_within_the_timeout(synthetic_corpus: Path, tmp_p
                for p, log in zip(procs, logs, strict=True)]
     for r in readers:
         r.start()
+    def stepped(log: list[str]) -> bool:
+        return any(line.startswith("probe: rank") and "finished step 2" in line for line in list(log))
+
     try:
+        # stop rank 1 only once both ranks are training (on a busy machine, setup can take far longer than the
+        # process group's registration; a rank stopped inside setup is not what this test is about)
         deadline = time.monotonic() + 300
-        while not any("All distributed processes registered" in line for line in list(logs[0])):
+        while not (stepped(logs[0]) and stepped(logs[1])):
             assert procs[0].poll() is None and time.monotonic() < deadline, "".join(logs[0])[-4000:]
             time.sleep(0.5)
-        time.sleep(5)  # training is under way
         assert procs[0].poll() is None, "".join(logs[0])[-4000:]
         os.kill(procs[1].pid, signal.SIGSTOP)
         stopped = time.monotonic()
         try:
-            procs[0].wait(timeout=timeout + 60)
+            procs[0].wait(timeout=timeout + 90)
         except subprocess.TimeoutExpired:
-            pytest.fail(f"rank 0 still waiting {timeout + 60} s after rank 1 hung")
+            pytest.fail(f"rank 0 still waiting {timeout + 90} s after rank 1 hung")
         elapsed = time.monotonic() - stopped
     finally:
         for p in procs:
@@ -132,7 +136,8 @@ def test_hung_rank_ends_the_job_within_the_timeout(synthetic_corpus: Path, tmp_p
     out = "".join(logs[0])
     assert procs[0].returncode != 0 and "Timed out" in out, out[-4000:]
     assert "stopped responding: rank(s) 1" in out, out[-4000:]  # the hung rank is named
-    assert timeout / 2 <= elapsed <= timeout + 30, elapsed
+    # (the upper bound leaves room for the heartbeat probe and the teardown on a busy machine)
+    assert timeout / 2 <= elapsed <= timeout + 50, elapsed  # far below torch's 30-min default
     print(f"rank 0 ended {elapsed:.1f} s after rank 1 hung (timeout {timeout} s)")
 
 
