@@ -122,7 +122,11 @@ class BeatAlignment(SuiteMetric):
         return [self.name, f"{self.name}_real"]
 
     def results(self) -> dict[str, float]:
-        return dict(zip(self.names(), (self._value("fake"), self._value("real"))))
+        """The generated and the ground-truth value, each only when at least one of its clips was scored (a clip
+        without an audio event or a motion beat, e.g. a 1-frame clip, has no score): never ``nan`` under the name."""
+        if not self.update_count:
+            return dict(zip(self.names(), (self._value("fake"), self._value("real"))))
+        return {n: v for n, v in zip(self.names(), (self._value("fake"), self._value("real"))) if math.isfinite(v)}
 
     def protocol(self) -> dict[str, Any]:
         return {"metric": self.name, "variant": self.variant, "audio_events": f"librosa {self.events}s",

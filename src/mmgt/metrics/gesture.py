@@ -276,6 +276,10 @@ class FrechetGestureDistance(_FeatureMetric):
         return [self.name, *(f"{self.name}_{p}" for p in self.features.part_slices()), f"{self.name}_num_windows"]
 
     def results(self) -> dict[str, float]:
+        """``{}`` with a trained encoder when no sequence held one of its windows (the protocol was not met: e.g.
+        1- or 12-frame clips for a 32-frame encoder), rather than ``nan`` under the standard name."""
+        if self.features.trained and self.update_count and len(_rows(self.fake)) == 0:
+            return {}
         out = {self.names()[0]: float(self.compute())}
         if self.features.trained:
             real, fake = self._sets()
@@ -370,7 +374,10 @@ class GestureDiversity(_FeatureMetric):
         return [f"{self.name}{self.name_suffix}", f"{self.name}_real{self.name_suffix}"]
 
     def results(self) -> dict[str, float]:
+        """``{}`` with a trained encoder when no sequence held one of its windows (protocol not met)."""
         fake, real = _rows(self.fake), _rows(self.real)
+        if self.features.trained and self.update_count and len(fake) == 0:
+            return {}
         return dict(zip(self.names(), (self._value(fake, real), self._value(real, real))))
 
     def protocol(self) -> dict[str, Any]:
