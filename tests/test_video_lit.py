@@ -20,7 +20,7 @@ K, H, W = 3, 16, 24
 # order). 500 steps at batch 32, or batch 8, did not beat copy-reference reliably.
 STEPS_LEARN = 1000
 COPY_MARGIN_DB = 3.0  # trained minus copy-reference (5.8 / 6.4 dB measured; 2.8-4.3 dB other seeds, 1 speaker, no EMA)
-# the original's 8-bit AdamW (bitsandbytes, the `bnb` extra): tests/test_levers.py checks it fits like AdamW
+# the original's 8-bit AdamW (bitsandbytes, the `bnb` extra): the learning test also runs with it
 ADAMW_8BIT = {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True, "weight_decay": 0.01}
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
@@ -328,7 +328,9 @@ def test_attention_configs(attention: str) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path) -> None:
+@pytest.mark.parametrize("optim", [pytest.param({}, id="adamw"), pytest.param(ADAMW_8BIT, id="adamw8bit", marks=(
+    pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (pip install 'mmgt[bnb]')")))])
+def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path, optim: dict) -> None:
     """Sub-stage A, trained briefly on a synthetic corpus whose speakers drift sideways (``sway=0.8``), generates
     held-out frames (val clips, reference = frame 0, windows from frame 1 on) better than copying the reference
     frame: the pose it is given moved the figure, and the model follows it. Also far better than at init and than
@@ -354,7 +356,7 @@ def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path) -> None:
     torch.manual_seed(0)
     # noise_offset 0: the setting the PSNRs above were measured with (the code default then; conf/loss says 0.05)
     m = VideoModule(net, attention={"type": "mm_haa", "blocks": ["down"]}, loss={"snr_gamma": 5.0, "noise_offset": 0.0},
-                    optim={"lr": 2e-3}, substage="a", sampling={"steps": 25, "guidance": 1.0},
+                    optim={**optim, "lr": 2e-3}, substage="a", sampling={"steps": 25, "guidance": 1.0},
                     ema={"enabled": True, "decay": 0.995}, validation={"log_media": False}, data_info=dm.info())
     val = next(iter(dm.val_dataloader()))
     gt = val["frames"]

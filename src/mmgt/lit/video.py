@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -63,6 +63,21 @@ DEFAULT_TRAINABLE = {
     "a": ["denoising_unet", "reference_unet", "pose_guider", "image_encoder"],
     "b": ["motion_modules", "audio_modules", "audio_proj"],
 }
+
+
+COMPILE_KEYS = ("backend", "mode", "fullgraph", "dynamic")
+
+
+def compile_options(value: Any) -> dict[str, Any] | None:
+    """``model.compile`` as ``torch.compile`` keyword arguments: None = off, {} = torch's defaults (inductor)."""
+    value = to_plain(value)
+    if value is None or value is False:
+        return None
+    if value is True:
+        return {}
+    if not isinstance(value, Mapping) or set(value) - set(COMPILE_KEYS):
+        raise ValueError(f"model.compile must be true/false or a mapping with keys from {COMPILE_KEYS}, got {value!r}")
+    return dict(value)
 
 
 def snr_weights(alphas_cumprod: torch.Tensor, timesteps: torch.Tensor, gamma: float | None,
@@ -134,7 +149,8 @@ class VideoModule(ResumableTraining, L.LightningModule):
             zero-output audio modules, the function a sub-stage-A checkpoint with them gives.
         channels_last: convolution weights (and so activations) in channels-last memory format.
         vae_slicing / vae_tiling: diffusers' VAE memory switches (:meth:`~mmgt.models.video.codec.VAECodec.set_memory`).
-        compile: ``torch.compile`` the backbone's networks (in place: state-dict names unchanged).
+        compile: ``torch.compile`` the backbone's networks (in place: state-dict names unchanged): true (torch's
+            default backend, inductor) or a mapping of ``torch.compile`` options (backend, mode, fullgraph, dynamic).
         load_weights: load the pretrained files named in ``net`` (False: random init, e.g. tests at full size).
         data_info: ``datamodule.info()`` (audio_embed_shape, num_branches, frame_size, fps).
         metrics: the ``metrics`` group (a ``mmgt.metrics.MetricSuite`` node: PSNR, SSIM, LPIPS, FVD, Sync-C/D on the
@@ -150,7 +166,8 @@ class VideoModule(ResumableTraining, L.LightningModule):
                  autocast: str | None = None, load_weights: bool = True, init_exclude: Sequence[str] | None = None,
                  data_info: Any = None, metrics: Any = None, lr_scheduler: Any = None, frozen_dtype: str | None = None,
                  attention_processor: str = "sdpa", stage_a_temporal: bool = True, channels_last: bool = False,
-                 vae_slicing: bool = False, vae_tiling: bool = False, compile: bool = False) -> None:
+                 vae_slicing: bool = False, vae_tiling: bool = False, compile: bool | Mapping[str, Any] = False,
+                 ) -> None:
         super().__init__()
         stage = str(substage).lower()
         if stage not in STAGES:
@@ -177,7 +194,7 @@ class VideoModule(ResumableTraining, L.LightningModule):
                   autocast=autocast, load_weights=bool(load_weights), frozen_dtype=frozen_dtype,
                   attention_processor=str(attention_processor), stage_a_temporal=bool(stage_a_temporal),
                   channels_last=bool(channels_last), vae_slicing=bool(vae_slicing), vae_tiling=bool(vae_tiling),
-                  compile=bool(compile),
+                  compile=compile_options(compile),
                   init_exclude=list(to_plain(init_exclude) or []), data_info=to_plain(data_info) or {},
                   metrics=to_plain(metrics))
         hp["data_info"] = {k: (list(v) if isinstance(v, tuple) else v) for k, v in hp["data_info"].items()}
@@ -217,9 +234,9 @@ class VideoModule(ResumableTraining, L.LightningModule):
             self.cast_frozen(frozen_dtype)
         if hp["channels_last"]:
             self.net.to(memory_format=torch.channels_last)
-        if hp["compile"]:
+        if hp["compile"] is not None:
             for child in self.net.backbone.children():
-                child.compile()
+                child.compile(**hp["compile"])
         self.scheduler = make_scheduler(**hp["scheduler"])
         self.register_buffer("alphas_cumprod", self.scheduler.alphas_cumprod.clone().float(), persistent=False)
         e = hp["ema"]
