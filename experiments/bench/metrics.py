@@ -1,20 +1,26 @@
 """Throughput of the batched metric suite vs a straightforward per-frame loop on the same videos.
 
     python experiments/bench/metrics.py [--videos 2 --frames 40 --size 128 --device cpu --weights-dir weights/
-                                         --repeats 2 --threads N --reference-cache-mb 256 --no-flops --fid]
+                                         --repeats 2 --threads N --reference-cache-mb 256 --no-flops --fid --no-lse]
 
 The loop is what one writes first: scikit-image PSNR/SSIM per frame, LPIPS one frame at a time, I3D one clip at a
-time, SyncNet one 5-frame window at a time and the published Python offset loop. Both paths use the same networks
-(random-init unless ``--weights-dir`` holds the published files) at the standard settings (FVD's ``videogpt``
-protocol: I3D 224², every non-overlapping 16-frame clip; the SyncNet monitor: 224² crops, offsets ±15, which needs
-clips of at least 35 frames — hence 40 frames by default). Prints frames/s of each and the ratio (best of
-``--repeats`` alternating runs: the machine may be shared), per part the network FLOPs
-(``torch.utils.flop_counter``), the achieved GFLOP/s and its share of this machine's float32 matmul peak (a 2048²
-matmul, 8192² on a GPU, measured in the same run), and an upper bound on the ratio: the loop's time over the suite's
-FLOPs at that peak. The suite runs as ``metrics=default`` does (no reference cache, no FID; ``--fid`` adds FID to
-both paths). With ``--reference-cache-mb > 0`` a second suite with the reference-feature cache is timed on a first
-evaluation (misses: hashing + networks) and a second one of the same references (hits), labelled as such: on a CPU
-the hits pay, on a fast GPU hashing the references costs more than the networks.
+time, SyncNet one 5-frame window at a time and the published Python offset loop, and for LSE-C/D S3FD one frame per
+forward (as syncnet_python's ``run_pipeline`` calls it) before the same tracking, crops and per-window SyncNet. Both
+paths use the same networks (random-init unless ``--weights-dir`` holds the published files) at the standard
+settings (FVD's ``videogpt`` protocol: I3D 224², every non-overlapping 16-frame clip; the SyncNet monitor: 224²
+crops, offsets ±15, which needs clips of at least 35 frames — hence 40 frames by default; LSE-C/D: S3FD at scale
+0.25 and the published selection, ``min_track`` one less than the clip length instead of 100 so that 40-frame clips
+hold a track, hence ``lse_t39_*``). S3FD runs in the published layout with random weights, which find no real faces: its
+detections are replaced by one centred face box per frame after it ran (``_customdet``), so tracking, crops and
+SyncNet run on every frame as for a video with one speaker; the S3FD forward passes of both paths are counted and
+printed (the suite's are batched over frames). Prints frames/s of each and the ratio (best of ``--repeats``
+alternating runs: the machine may be shared), per part the network FLOPs (``torch.utils.flop_counter``), the
+achieved GFLOP/s and its share of this machine's float32 matmul peak (a 2048² matmul, 8192² on a GPU, measured in
+the same run), and an upper bound on the ratio: the loop's time over the suite's FLOPs at that peak. The suite runs
+as ``metrics=default`` does (no reference cache, no FID; ``--fid`` adds FID to both paths). With
+``--reference-cache-mb > 0`` a second suite with the reference-feature cache is timed on a first evaluation (misses:
+hashing + networks) and a second one of the same references (hits), labelled as such: on a CPU the hits pay, on a
+fast GPU hashing the references costs more than the networks.
 """
 
 from __future__ import annotations
@@ -28,7 +34,7 @@ from contextlib import contextmanager, nullcontext
 import numpy as np
 import torch
 
-PARTS = ("psnr+ssim+lpips", "fvd", "sync", "fid")
+PARTS = ("psnr+ssim+lpips", "fvd", "sync", "lse", "fid")
 
 
 class Parts:
@@ -54,6 +60,32 @@ class Parts:
             self.flops[name] = self.flops.get(name, 0.0) + counter.get_total_flops()
 
 
+class CentredFaceS3FD:
+    """LSE's detector for the bench: S3FD (``frames_per_batch`` 1: one frame per forward) on every frame, then one
+    centred face box per frame in place of its detections (random weights find no real faces); counts the network's
+    forward passes."""
+
+    def __init__(self, frames_per_batch: int = 32, scale: float = 0.25) -> None:
+        from mmgt.metrics.s3fd import S3FD, random_s3fd
+
+        net = random_s3fd()
+        self.forwards, self.frames, self.raw_detections = 0, 0, 0
+
+        def count(module: torch.nn.Module, args: tuple, output: object) -> None:
+            self.forwards += 1
+            self.frames += int(args[0].shape[0])
+
+        net.register_forward_hook(count)
+        self.s3fd = S3FD(net, scale=scale, conf_threshold=0.9, frames_per_batch=frames_per_batch)
+
+    def __call__(self, frames: torch.Tensor) -> list[np.ndarray]:
+        self.raw_detections += sum(len(d) for d in self.s3fd.detect(frames))
+        h, w = frames.shape[-2:]
+        side = min(h, w) / 2
+        box = np.array([[w / 2 - side / 2, h / 2 - side / 2, w / 2 + side / 2, h / 2 + side / 2, 0.99]])
+        return [box.copy() for _ in range(frames.shape[0])]
+
+
 def matmul_peak(device: torch.device, n: int | None = None, reps: int = 3) -> float:
     """Best float32 GFLOP/s of an n×n matmul on ``device`` (the machine's practical peak for the nets' GEMMs;
     n = 2048 on a CPU, 8192 on a GPU, where a 2048² product does not fill the chip: cuDNN's batched I3D convs
@@ -75,13 +107,41 @@ def suite_pass(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tensor,
     suite.reset()
     for key, metric in suite.metrics.items():
         with parts("psnr+ssim+lpips" if key in ("psnr", "ssim", "lpips") else key):
-            metric.update(gen, audio) if key == "sync" else metric.update(gen, ref)
+            metric.update(gen, audio) if key in ("sync", "lse") else metric.update(gen, ref)
     with parts("compute"):
         return suite.compute()
 
 
+def lse_loop(lse, detector: CentredFaceS3FD, video: torch.Tensor, audio: np.ndarray) -> list[tuple[float, float]]:
+    """LSE-C/D of one clip as written first: S3FD one frame per forward, the suite's tracking and crops, SyncNet one
+    window at a time and the published Python offset loop; ``[(lse_c, lse_d)]`` per track."""
+    from mmgt.metrics.lse import crop_track, smooth_track, track_faces
+    from mmgt.metrics.syncnet import HOP, WINDOW, mfcc
+
+    o, net = lse.opts, lse.__dict__["_net"]
+    frames = lse._frames(video)
+    dets = [detector(frames[t:t + 1])[0] for t in range(frames.shape[0])]
+    res = track_faces(dets, iou_threshold=o["iou_threshold"], num_failed_det=o["num_failed_det"],
+                      min_track=o["min_track"], min_face_size=o["min_face_size"])
+    out, vshift = [], o["vshift"]
+    for tr in res.tracks:
+        crops = crop_track(frames.flip(1)[torch.from_numpy(tr.frames).to(frames.device)],
+                           smooth_track(tr.boxes, o["smooth_kernel"]), o["crop_scale"])
+        seg = audio[tr.frames[0] * HOP:(tr.frames[-1] + 1) * HOP]
+        cc = torch.from_numpy(mfcc(seg)).to(frames.device)
+        n = min(len(crops), len(seg) // HOP) - WINDOW
+        v = torch.cat([net.forward_lip(crops[i:i + WINDOW].transpose(0, 1)[None]) for i in range(n)]).cpu()
+        a = torch.cat([net.forward_aud(cc[None, None, :, 4 * i:4 * i + 20]) for i in range(n)]).cpu()
+        win = 2 * vshift + 1
+        padded = torch.nn.functional.pad(a, (0, 0, vshift, vshift))
+        dists = [torch.nn.functional.pairwise_distance(v[[i]].repeat(win, 1), padded[i:i + win]) for i in range(n)]
+        mdist = torch.stack(dists, 1).mean(1)
+        out.append((float(torch.median(mdist) - mdist.min()), float(mdist.min())))
+    return out
+
+
 def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tensor,
-                  parts: Parts) -> dict[str, float]:
+                  parts: Parts, lse_detector: CentredFaceS3FD | None = None) -> dict[str, float]:
     """Per-frame / per-clip / per-window evaluation with the suite's own networks, timed per part."""
     from skimage.metrics import peak_signal_noise_ratio, structural_similarity
 
@@ -95,6 +155,7 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
     fvd_metric, vshift = m["fvd"], m["sync"].vshift
     dev = gen.device
     psnr, ssim, lpips_v, gen_f, ref_f, confs, fid_g, fid_r = [], [], [], [], [], [], [], []
+    lse_tracks: list[tuple[float, float]] = []
     with torch.no_grad():
         for b in range(gen.shape[0]):
             g01, r01 = to_unit(gen[b]), to_unit(ref[b])
@@ -141,11 +202,15 @@ def loop_baseline(suite, gen: torch.Tensor, ref: torch.Tensor, audio: torch.Tens
                 mdist = torch.stack(dists, 1).mean(1)
                 confs.append(float(torch.median(mdist) - mdist.min()))
                 assert audio.shape[1] >= len(frames) * HOP
+            if "lse" in m and lse_detector is not None:
+                with parts("lse"):
+                    lse_tracks += lse_loop(m["lse"], lse_detector, gen[b], audio[b].cpu().numpy())
     with parts("compute"):
         fvd = frechet_distance_from_features(torch.cat(gen_f), torch.cat(ref_f))
         fid = frechet_distance_from_features(torch.cat(fid_g), torch.cat(fid_r)) if fid_g else float("nan")
     return {"psnr": float(np.mean(psnr)), "ssim": float(np.mean(ssim)), "lpips": float(np.mean(lpips_v)),
-            "fvd": fvd, "kpsync_conf": float(np.mean(confs)), "fid": fid}
+            "fvd": fvd, "kpsync_conf": float(np.mean(confs)), "fid": fid,
+            "lse": float(np.mean([c for c, _ in lse_tracks])) if lse_tracks else float("nan")}
 
 
 def _best(runs: list[Parts]) -> dict[str, float]:
@@ -176,18 +241,33 @@ def main() -> None:
                     help="FVD/LPIPS reference-feature cache; > 0 adds the 'second evaluation' line")
     ap.add_argument("--no-flops", action="store_true", help="skip the (untimed) FLOP-counting passes")
     ap.add_argument("--fid", action="store_true", help="include the optional FID (Inception-v3 at 299² per frame)")
+    ap.add_argument("--no-lse", action="store_true", help="leave LSE-C/D (S3FD + SyncNet on face tracks) out")
     args = ap.parse_args()
     warnings.simplefilter("ignore")
     if args.threads:
         torch.set_num_threads(args.threads)
+        # numpy's BLAS too (the Fréchet step's eigh): on a busy machine OpenBLAS' default threads spin (a 400-dim
+        # eigh measured 4 s instead of 0.03 s on 2 shared cores)
+        from threadpoolctl import threadpool_limits
+
+        threadpool_limits(args.threads)
     dev = torch.device(args.device)
     weights = {k: args.weights_dir for k in ("i3d", "syncnet", "alexnet", "inception")}
-    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, fid=args.fid).to(dev)
+    scale = max(0.25, 32 / args.size)  # S3FD needs >= 32 px inputs: 0.25 (published) from 128-px frames on
+    suite_det, loop_det = CentredFaceS3FD(scale=scale), CentredFaceS3FD(frames_per_batch=1, scale=scale)
+
+    def lse(detector: CentredFaceS3FD) -> dict | bool:
+        return False if args.no_lse else {"detector": detector, "min_track": args.frames - 1, "facedet_scale": scale,
+                                          "min_face_size": args.size / 4}
+
+    suite = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, fid=args.fid,
+                        lse=lse(suite_det)).to(dev)
     cached = None
     if args.reference_cache_mb > 0:
         cache = {"reference_cache_mb": args.reference_cache_mb}
         cached = MetricSuite(weights, allow_random_weights=True, verify_checksums=False, lpips=cache,
-                             fvd=cache, fid=cache if args.fid else False).to(dev)
+                             fvd=cache, fid=cache if args.fid else False, lse=lse(CentredFaceS3FD(scale=scale))
+                             ).to(dev)
     g = torch.Generator().manual_seed(0)
     shape = (args.videos, args.frames, 3, args.size, args.size)
     ref = torch.randint(0, 256, shape, generator=g, dtype=torch.uint8)
@@ -204,7 +284,7 @@ def main() -> None:
         suite_runs.append(Parts(dev))
         batched = suite_pass(suite, gen, ref, audio, suite_runs[-1])
         loop_runs.append(Parts(dev))
-        looped = loop_baseline(suite, gen, ref, audio, loop_runs[-1])
+        looped = loop_baseline(suite, gen, ref, audio, loop_runs[-1], loop_det)
         if cached is not None:
             _clear_caches(cached)
             miss_runs.append(Parts(dev))
@@ -221,12 +301,12 @@ def main() -> None:
     if not args.no_flops:
         flops_s, flops_l = Parts(dev, count_flops=True), Parts(dev, count_flops=True)
         suite_pass(suite, gen, ref, audio, flops_s)
-        loop_baseline(suite, gen, ref, audio, flops_l)
+        loop_baseline(suite, gen, ref, audio, flops_l, loop_det)
         if warm_runs:
             flops_w = Parts(dev, count_flops=True)
             suite_pass(cached, gen, ref, audio, flops_w)
 
-    used = [p for p in PARTS if p != "fid" or args.fid]
+    used = [p for p in PARTS if (p != "fid" or args.fid) and (p != "lse" or not args.no_lse)]
     print(f"device={dev} videos={args.videos} frames={args.frames} size={args.size}px torch_threads="
           f"{torch.get_num_threads()} repeats={len(suite_runs)} (best of each; random-init nets unless "
           f"--weights-dir)")
@@ -265,9 +345,17 @@ def main() -> None:
             line += (f"  ({fw / 1e9:.1f} GFLOP, {100 * fw / tw['total'] / 1e9 / peak:.1f}% of peak; bound "
                      f"{tl['total'] / (fw / 1e9 / peak):.2f}x)")
         print(line)
-    for k in ("psnr", "ssim", "lpips", "fvd", "kpsync_conf", "fid")[: 6 if args.fid else 5]:
-        key = next(n for n in batched if n.startswith(k))
-        print(f"  {key:22s} suite {batched[key]:.5f}  loop {looped[k]:.5f}")
+    if not args.no_lse:
+        for name, det in (("suite", suite_det), ("loop", loop_det)):
+            print(f"S3FD ({name}): {det.forwards} forward passes over {det.frames} frames "
+                  f"({det.frames / max(det.forwards, 1):.1f} frames per forward), {det.raw_detections} raw detections "
+                  "(random weights; replaced by a centred box)")
+    keys = ["psnr", "ssim", "lpips", "fvd", "kpsync_conf", *(["lse"] if not args.no_lse else []),
+            *(["fid"] if args.fid else [])]
+    for k in keys:
+        key = next(n for n in batched if n.startswith(k) and (k != "lse" or n.endswith(("_c_customdet_randinit",
+                                                                                       "_c_customdet"))))
+        print(f"  {key:30s} suite {batched[key]:.5f}  loop {looped[k]:.5f}")
 
 
 if __name__ == "__main__":
