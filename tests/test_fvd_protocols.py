@@ -221,8 +221,9 @@ STANDARD = ("fvd", "fvd_videogpt", "fvd_styleganv", "fvd_whole", "sync_c", "sync
 @pytest.mark.parametrize("t", [1, 12])
 def test_no_standard_named_metric_on_short_clips(t: int) -> None:
     """At the standard settings: 1-frame (sub-stage A) and 12-frame clips get PSNR/SSIM/LPIPS, no FVD (16-frame
-    clips) and no sync monitor (35 frames for ±15 offsets): nothing is logged for them, not a padded number."""
-    suite = MetricSuite(allow_random_weights=True)  # 224², 16-frame clips, vshift 15
+    clips), no sync monitor (35 frames for ±15 offsets) and no LSE-C/D (tracks of > 100 frames; S3FD is not even
+    run): nothing is logged for them, not a padded number."""
+    suite = MetricSuite(allow_random_weights=True, lse=True)  # 224², 16-frame clips, vshift 15, min_track 100
     g = torch.Generator().manual_seed(t)
     ref = torch.rand(2, t, 3, 32, 32, generator=g) * 2 - 1
     with pytest.warns(UserWarning, match="not scored"):
@@ -233,6 +234,7 @@ def test_no_standard_named_metric_on_short_clips(t: int) -> None:
     card = suite.last_card
     assert card["fvd"]["videos_skipped"] == 2 and card["fvd"]["videos_scored"] == 0
     assert card["sync"]["skipped_clips"] == 2 and card["sync"]["num_clips"] == 0
+    assert card["lse"]["short_clips"] == 2 and card["lse"]["detections"] == 0 and card["lse"]["tracks"] == 0
 
 
 def test_whole_video_fvd_on_12_frames_and_never_on_one() -> None:

@@ -15,7 +15,8 @@ import torch.nn.functional as F
 from mmgt.metrics import MetricSuite
 from mmgt.metrics.lse import LipSyncError, crop_track, smooth_track, track_faces
 from mmgt.metrics.s3fd import S3FD, L2Norm, S3FDNet, build_s3fd, decode, prior_boxes, random_s3fd
-from mmgt.metrics.weights import ChecksumMismatchError
+from mmgt.metrics.syncnet import SyncNet
+from mmgt.metrics.weights import ChecksumMismatchError, MissingMetricWeightsError
 
 # ----------------------------------------------------------------------------------------------- S3FD layout
 # The published sfd_face.pth (syncnet_python detectors/s3fd): VGG16 convs at these ModuleList indices (ReLU and
@@ -318,3 +319,31 @@ def test_settings_validated():
         LipSyncError(allow_random_weights=True, detector=StubDetector(), min_track=8, vshift=15)
     with pytest.raises(ValueError, match="odd"):
         LipSyncError(allow_random_weights=True, detector=StubDetector(), smooth_kernel=4)
+
+
+def test_missing_s3fd_file_is_one_clear_error_and_random_weights_cover_it(tmp_path):
+    """metrics=default has LSE on: without sfd_face.pth the suite is not built, and the error names the file, the
+    config key and where it is published; allow_random_weights=true covers it as for the other feature networks."""
+    from hydra import compose, initialize_config_dir
+
+    from mmgt.metrics import build_suite
+    from mmgt.utils.paths import CONF_DIR
+
+    torch.save(SyncNet().state_dict(), tmp_path / "syncnet_v2.model")  # published keys: only S3FD is missing
+    overrides = ["metrics=default", f"paths.weights_dir={tmp_path}", "metrics.verify_checksums=false",
+                 "metrics.lpips.enabled=false", "metrics.fvd.enabled=false"]
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose("train", overrides=overrides)
+        rand = compose("train", overrides=[*overrides, "metrics.allow_random_weights=true"])
+    assert cfg.metrics.lse.enabled and cfg.metrics.lse.s3fd == str(tmp_path / "sfd_face.pth")
+    with pytest.raises(MissingMetricWeightsError) as err:
+        build_suite(cfg.metrics, MetricSuite)
+    msg = str(err.value)
+    for part in (str(tmp_path / "sfd_face.pth"), "metrics.weights.s3fd", "syncnet_python download_model.sh",
+                 "robots.ox.ac.uk", "d54a87c2b7543b64729c9a25eafd188da15fd3f6e02f0ecec76ae1b30d86c491",
+                 "metrics.allow_random_weights=true"):
+        assert part in msg, part
+    suite = build_suite(rand.metrics, MetricSuite)
+    assert {"lse_c_randinit", "lse_d_randinit", "lse_num_tracks"} <= set(suite.names)
+    assert suite.metrics["lse"].files["s3fd"]["weights_status"] == "random-init"
+    assert suite.metrics["lse"].files["syncnet"]["weights_status"] == "unverified"  # the file was there
