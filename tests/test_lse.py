@@ -308,7 +308,12 @@ def test_metric_with_s3fd_network_runs():
     m = LipSyncError(allow_random_weights=True, min_track=8, min_face_size=1, vshift=1, facedet_scale=1.0,
                      conf_threshold=0.5, frames_per_batch=4)
     assert m.names()[0] == "lse_t8_f1_v1_s1_ct0.5_c_randinit"
+    frames_per_forward: list[int] = []
+    net = m.__dict__["_detector"].__self__.net
+    hook = net.register_forward_hook(lambda mod, args, out: frames_per_forward.append(int(args[0].shape[0])))
     m.update(*_clip(1, 10, hw=64))
+    hook.remove()
+    assert frames_per_forward == [4, 4, 2]  # detection batched over the clip's frames, frames_per_batch at a time
     card = m.protocol()
     assert card["clips"] == 1 and card["short_clips"] == 0 and card["detections"] >= 0
     assert all(math.isfinite(v) for v in m.results().values())
