@@ -4,6 +4,7 @@ written before the format record existed still load."""
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 from pathlib import Path
@@ -300,3 +301,19 @@ def test_rebuilt_video_module_keeps_its_noise_schedule(tmp_path) -> None:
     module = checkpoints.build_module(checkpoints.read(save_checkpoint(video, tmp_path / "v.ckpt")), "video")
     assert torch.equal(module.alphas_cumprod, video.alphas_cumprod)
     assert module.hparams.scheduler["beta_end"] == 0.02
+
+
+def test_float16_export_loads_into_the_modules_own_dtypes(tmp_path) -> None:
+    """An export whose weights were stored in float16 (the shipped quickstart pair) is rebuilt with the float32
+    parameters the module is built with: the meta-device load assigns the file's tensors, and a half weight beside
+    float activations would stop the first forward ("mat1 and mat2 must have the same dtype")."""
+    torch.manual_seed(0)
+    smga = SMGAModule(SMGA_NET, data_info=SMGA_INFO)
+    net = copy.deepcopy(smga.net).half()
+    half = net.state_dict()
+    path = checkpoints.write_export(net, "smga", smga.hparams, {}, tmp_path / "smga_fp16.safetensors")
+    module = checkpoints.build_module(checkpoints.read(path), "smga")
+    dtypes = {t.dtype for t in module.net.state_dict().values() if t.is_floating_point()}
+    assert dtypes == {torch.float32}
+    for k, v in module.net.state_dict().items():  # the values are the float16 ones, widened
+        assert torch.equal(v, half[k].to(v.dtype)), k

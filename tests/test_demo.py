@@ -2,10 +2,11 @@
 
 In-process tests check the page's actions (the pose preview, ``generate``'s input checks as page errors, the
 estimator when no keypoints are uploaded, the page's values reaching the sampler); the slow test starts the real
-command on localhost with tiny random-init checkpoints and drives the page in headless Chromium (Debian's
-``chromium`` + ``chromium-driver``): an error for a missing upload, then an image, speech and keypoints uploaded,
-the panel asked for, Generate clicked, the video element's file fetched and decoded (frames, duration of the speech),
-the panel shown. ``MMGT_DEMO_SCREENSHOT=docs/demo.png`` also stores the page's screenshot there.
+command on localhost with the shipped quickstart checkpoints (trained, tiny, 32 px) and drives the page in
+headless Chromium (Debian's ``chromium`` + ``chromium-driver``): an error for a missing upload, then an image,
+speech and keypoints uploaded, the panel asked for, Generate clicked, the video element's file fetched and decoded
+(frames, duration of the speech), the panel shown. ``MMGT_DEMO_SCREENSHOT=docs/demo.png`` also stores the page's
+screenshot there.
 """
 
 from __future__ import annotations
@@ -232,10 +233,12 @@ def test_demo_in_headless_chromium(assets, tmp_path) -> None:
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.common.by import By
 
+    from mmgt.quickstart import SHIPPED  # the trained tiny pair make quickstart starts from (32 px, like the page)
+
     port, run_dir, log = _free_port(), tmp_path / "run", tmp_path / "demo.log"
     env = {**os.environ, "GRADIO_ANALYTICS_ENABLED": "False", "GRADIO_TEMP_DIR": str(tmp_path / "gradio"),
            "PYTHONUNBUFFERED": "1"}
-    cmd = [sys.executable, "-m", "mmgt.demo", f"smga.ckpt={assets['smga']}", f"video.ckpt={assets['video']}",
+    cmd = [sys.executable, "-m", "mmgt.demo", f"smga.ckpt={SHIPPED['smga']}", f"video.ckpt={SHIPPED['video']}",
            f"port={port}", f"hydra.run.dir={run_dir}", "threads=1", f"paths.weights_dir={tmp_path}/no_weights"]
     with open(log, "w") as out:
         proc = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=out, stderr=subprocess.STDOUT)

@@ -314,6 +314,11 @@ def build_module(ckpt: Checkpoint, kind: str, net: Mapping[str, Any] | None = No
         state = {**state, **rebuild(ckpt.lean, module, hp["net"], ckpt.path, f"{key}.net")}
     target = module if ckpt.format == "ckpt" else module.net
     check_state(ckpt.path, target, state, key)
+    # assign=True keeps the file's tensors, dtype included: a float16 export must still give the dtypes the module
+    # was built with (float32, or the configured frozen_dtype), as a copying load would
+    built = {**dict(target.named_parameters()), **dict(target.named_buffers())}
+    state = {k: v.to(built[k].dtype) if k in built and v.is_floating_point() and built[k].is_floating_point()
+             and v.dtype != built[k].dtype else v for k, v in state.items()}
     target.load_state_dict(state, strict=True, assign=True)
     still_empty = [n for n, t in [*module.named_parameters(), *module.named_buffers()] if t.is_meta]
     if still_empty:
