@@ -4,6 +4,7 @@ loop with validation media, Hydra experiment configs, and (slow) a learning chec
 from __future__ import annotations
 
 import importlib.util
+import os
 from pathlib import Path
 
 import pytest
@@ -20,7 +21,10 @@ K, H, W = 3, 16, 24
 # order). 500 steps at batch 32, or batch 8, did not beat copy-reference reliably.
 STEPS_LEARN = 1000
 COPY_MARGIN_DB = 3.0  # trained minus copy-reference (5.8 / 6.4 dB measured; 2.8-4.3 dB other seeds, 1 speaker, no EMA)
-# the original's 8-bit AdamW (bitsandbytes, the `bnb` extra): the learning test also runs with it
+# the original's 8-bit AdamW (bitsandbytes, the `bnb` extra): the learning test also runs with it when asked; it costs
+# another ~330 s on 2 cores, which would push `make test` past CI's time budget (tests/test_levers.py checks on every
+# run that 8-bit AdamW fits a batch like AdamW)
+LEARN_8BIT_SKIP = "the 8-bit AdamW learning run takes ~330 s: set MMGT_LEARN_8BIT=1 to run it"
 ADAMW_8BIT = {"_target_": "bitsandbytes.optim.AdamW8bit", "_partial_": True, "weight_decay": 0.01}
 HAS_BNB = importlib.util.find_spec("bitsandbytes") is not None
 
@@ -329,7 +333,8 @@ def test_attention_configs(attention: str) -> None:
 
 @pytest.mark.slow
 @pytest.mark.parametrize("optim", [pytest.param({}, id="adamw"), pytest.param(ADAMW_8BIT, id="adamw8bit", marks=(
-    pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (pip install 'mmgt[bnb]')")))])
+    pytest.mark.skipif(not HAS_BNB, reason="bitsandbytes is not installed (pip install 'mmgt[bnb]')"),
+    pytest.mark.skipif(not os.environ.get("MMGT_LEARN_8BIT"), reason=LEARN_8BIT_SKIP)))])
 def test_tiny_model_learns_on_synthetic_corpus(tmp_path: Path, optim: dict) -> None:
     """Sub-stage A, trained briefly on a synthetic corpus whose speakers drift sideways (``sway=0.8``), generates
     held-out frames (val clips, reference = frame 0, windows from frame 1 on) better than copying the reference
