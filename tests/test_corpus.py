@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -179,3 +180,43 @@ def test_synthetic_sway_moves_the_body_and_keeps_the_mouth_link() -> None:
         return float(np.abs(frames[1:].astype(np.float32) - frames[:1]).mean())
 
     assert drift(moving) > 2 * drift(still)
+
+
+def _psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0 ** 2 / mse))
+
+
+def test_444_encoding_keeps_tiny_frames_colour_and_older_corpora_are_kept(tmp_path: Path) -> None:
+    """At 32 px 4:2:0 keeps a 16x16 colour plane: a 4:4:4 encode at a low crf must be far closer to the rendered
+    frames (the ground truth every metric decodes); bad settings are refused naming them; a corpus written before
+    the encoding keys existed (its synthetic.json lacks them) reads as the defaults and is not rebuilt."""
+    import av
+
+    frames, _, _ = synth_sequence(20, 32, seed=[0, 1, 2], style=1)
+    dec = {}
+    for pix, crf in (("yuv420p", 18), ("yuv444p", 10)):
+        path = write_video(tmp_path / f"{pix}.mp4", frames, crf=crf, pix_fmt=pix)
+        with av.open(str(path)) as c:
+            assert c.streams.video[0].codec_context.pix_fmt == pix
+        dec[pix] = read_video(path)
+    assert _psnr(dec["yuv444p"], frames) > _psnr(dec["yuv420p"], frames) + 3.0
+    with pytest.raises(ValueError, match="pix_fmt must be one of"):
+        write_video(tmp_path / "x.mp4", frames, pix_fmt="rgb24")
+    with pytest.raises(ValueError, match="crf must be an integer"):
+        generate_corpus(tmp_path / "y", n_speakers=1, clips_per_speaker=3, seconds=0.4, size=32, crf=70,
+                        progress=False)
+    root = tmp_path / "old"
+    spec = dict(n_speakers=1, clips_per_speaker=3, seconds=0.4, size=32)
+    generate_corpus(root, progress=False, **spec)
+    meta = json.loads((root / "synthetic.json").read_text())
+    (root / "synthetic.json").write_text(json.dumps({k: v for k, v in meta.items() if k not in ("crf", "pix_fmt")}))
+    video = root / read_manifest(root)[0].video
+    stamp = video.stat().st_mtime_ns
+    generate_corpus(root, progress=False, **spec)  # the same spec: every clip kept as written
+    assert video.stat().st_mtime_ns == stamp
+    generate_corpus(root, progress=False, pix_fmt="yuv444p", crf=10, **spec)  # another encoding: rebuilt
+    assert json.loads((root / "synthetic.json").read_text())["pix_fmt"] == "yuv444p"
+    rec = read_manifest(root)[0]
+    with av.open(str(root / rec.video)) as c:
+        assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"

@@ -128,8 +128,9 @@ def clip_record(clip_id: str, speaker: str, split: str, n_frames: int, width: in
 
 
 def write_clip(root: str | Path, clip_id: str, speaker: str, split: str, frames: np.ndarray, audio: np.ndarray,
-               keypoints: np.ndarray, fps: int = FPS) -> ClipRecord:
+               keypoints: np.ndarray, fps: int = FPS, crf: int = 18, pix_fmt: str = "yuv420p") -> ClipRecord:
     """Write one clip's files under ``clips/<clip_id>/`` (each atomically) and return its manifest row.
+    ``crf`` / ``pix_fmt``: the video's H.264 quality and chroma format (:func:`mmgt.data.video_io.write_video`).
 
     ``audio`` is 16 kHz mono; it is padded/trimmed to exactly ``n_frames * 640`` samples so that audio and
     video durations agree by construction. A failed write raises :class:`CorpusWriteError` naming the file.
@@ -145,7 +146,7 @@ def write_clip(root: str | Path, clip_id: str, speaker: str, split: str, frames:
     audio = np.pad(audio, (0, n_samples - len(audio)))
     rec = clip_record(clip_id, speaker, split, t, w, h, fps)
     with naming_write_errors(root / rec.video):
-        write_video(root / rec.video, frames, fps=fps)
+        write_video(root / rec.video, frames, fps=fps, crf=crf, pix_fmt=pix_fmt)
     with naming_write_errors(root / rec.audio):
         write_audio(root / rec.audio, audio)
     with naming_write_errors(root / rec.keypoints), atomic_path(root / rec.keypoints) as tmp, tmp.open("wb") as fh:

@@ -37,7 +37,7 @@ from mmgt.data.corpus import (
     write_manifest,
     writer_lock,
 )
-from mmgt.data.video_io import FPS, SAMPLE_RATE, atomic_path
+from mmgt.data.video_io import FPS, SAMPLE_RATE, atomic_path, check_encoding
 
 log = logging.getLogger(__name__)
 
@@ -299,17 +299,21 @@ class SyntheticSpec:
     val_per_speaker: int = 1
     test_per_speaker: int = 1
     sway: float = 0.02
+    crf: int = 18  # H.264 quality of the clips' videos (lower = closer to the rendered frames)
+    pix_fmt: str = "yuv420p"  # yuv444p keeps full-resolution colour (see mmgt.data.video_io.write_video)
 
 
 def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: int = 10, seconds: float = 4.0,
                     size: int = 64, seed: int = 0, val_per_speaker: int = 1, test_per_speaker: int = 1,
-                    sway: float = 0.02, progress: bool = True, overwrite: bool = False,
-                    only_if_missing: bool = False) -> list[ClipRecord]:
+                    sway: float = 0.02, crf: int = 18, pix_fmt: str = "yuv420p", progress: bool = True,
+                    overwrite: bool = False, only_if_missing: bool = False) -> list[ClipRecord]:
     """Write a synthetic corpus at ``root``; the last clips of each speaker go to val/test.
 
     ``sway`` scales the slow whole-body sway (0.02: the figure stays almost in place; ~0.3: it drifts by a few
     percent of the frame, so later frames differ from frame 0 and "copy the reference frame" stops being a
-    near-perfect video model).
+    near-perfect video model). ``crf`` / ``pix_fmt``: how the clips' videos are encoded
+    (:func:`mmgt.data.video_io.write_video`); the ground truth every metric compares with is the decoded video,
+    so at tiny frame sizes 4:2:0 colour (the default) limits every method's PSNR to ~27-31 dB.
 
     Nothing is lost to a kill or a full disk: every file is written atomically, ``synthetic.json`` first (which
     spec the clips belong to), the manifest last. A rerun with the same spec keeps every complete clip and writes
@@ -318,7 +322,9 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
     lists missing clips. Leftovers of killed runs are swept first (:func:`mmgt.data.corpus.sweep_leftovers`, under
     the corpus' writer lock). A failed write raises :class:`~mmgt.data.corpus.CorpusWriteError` naming the file.
     ``only_if_missing``: return the corpus another writer finished while this one waited for the lock."""
-    spec = SyntheticSpec(n_speakers, clips_per_speaker, seconds, size, seed, val_per_speaker, test_per_speaker, sway)
+    spec = SyntheticSpec(n_speakers, clips_per_speaker, seconds, size, seed, val_per_speaker, test_per_speaker, sway,
+                         crf, pix_fmt)
+    check_encoding(crf, pix_fmt, "synthetic corpus")
     if clips_per_speaker <= val_per_speaker + test_per_speaker:
         raise ValueError(f"clips_per_speaker={clips_per_speaker} leaves no training clips "
                          f"(val {val_per_speaker} + test {test_per_speaker} per speaker)")
@@ -347,12 +353,13 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
 
 
 def _stored_spec(root: Path) -> dict[str, object] | None:
-    """The spec recorded in ``synthetic.json`` (None when absent or unreadable: the clips can't be trusted)."""
+    """The spec recorded in ``synthetic.json`` (None when absent or unreadable: the clips can't be trusted); keys a
+    corpus written before they existed lacks read as their defaults (it was written with them)."""
     try:
         stored = json.loads((root / META).read_text())
     except (OSError, ValueError):
         return None
-    return stored if isinstance(stored, dict) else None
+    return {**asdict(SyntheticSpec()), **stored} if isinstance(stored, dict) else None
 
 
 def _write_clips(root: Path, spec: SyntheticSpec, progress: bool) -> list[ClipRecord]:
@@ -377,7 +384,8 @@ def _write_clips(root: Path, spec: SyntheticSpec, progress: bool) -> list[ClipRe
             continue
         style = replace(speaker_style(s, spec.seed), sway=spec.sway)
         frames, audio, kp = synth_sequence(n_frames, spec.size, seed=[spec.seed, s, c], style=style)
-        records.append(write_clip(root, rec.clip_id, rec.speaker, split, frames, audio, kp))
+        records.append(write_clip(root, rec.clip_id, rec.speaker, split, frames, audio, kp, crf=spec.crf,
+                                  pix_fmt=spec.pix_fmt))
         written += 1
     write_manifest(root, records)
     log.info("%s: %d clip(s) written, %d complete one(s) kept", root, written, len(records) - written)
@@ -390,7 +398,7 @@ def ensure_corpus(root: str | Path, progress: bool = True, **spec: object) -> Pa
     if (root / MANIFEST).exists():
         meta = root / META
         if meta.exists() and spec:
-            stored = json.loads(meta.read_text())
+            stored = _stored_spec(root) or {}
             wanted = {**stored, **{k: v for k, v in spec.items() if k in stored}}
             if wanted != stored:
                 log.warning("%s was generated with %s, config asks for %s: using the existing corpus (delete it "

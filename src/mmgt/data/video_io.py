@@ -142,21 +142,37 @@ def read_video_audio(path: str | Path) -> tuple[np.ndarray, int]:
     return audio, int(sr)
 
 
+#: H.264 pixel formats :func:`write_video` writes: 4:2:0 (plays everywhere) or 4:4:4 (full-resolution colour)
+PIX_FMTS = ("yuv420p", "yuv444p")
+
+
+def check_encoding(crf: int, pix_fmt: str, what: str = "video encoding") -> None:
+    """Refuse an H.264 setting :func:`write_video` cannot honour, naming it (before any work is done)."""
+    if pix_fmt not in PIX_FMTS:
+        raise ValueError(f"{what}: pix_fmt must be one of {', '.join(PIX_FMTS)}, got {pix_fmt!r}")
+    if isinstance(crf, bool) or not isinstance(crf, int) or not 0 <= crf <= 51:
+        raise ValueError(f"{what}: crf must be an integer in 0..51 (lower = better quality), got {crf!r}")
+
+
 def write_video(path: str | Path, frames: np.ndarray, fps: int = FPS, audio: np.ndarray | None = None,
-                sample_rate: int = SAMPLE_RATE, crf: int = 18) -> Path:
-    """Write (T, H, W, 3) uint8 frames as H.264 (yuv420p, constant ``fps``), with an AAC track if ``audio``."""
+                sample_rate: int = SAMPLE_RATE, crf: int = 18, pix_fmt: str = "yuv420p") -> Path:
+    """Write (T, H, W, 3) uint8 frames as H.264 (constant ``fps``), with an AAC track if ``audio``.
+
+    ``pix_fmt``: yuv420p (the default: every player and browser decodes it) stores colour at half resolution,
+    which on tiny frames (32 px: a 16x16 colour plane) costs more PSNR than any model error; yuv444p keeps it."""
     import av
 
+    check_encoding(crf, pix_fmt, str(path))
     frames = np.asarray(frames)
     if frames.ndim != 4 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
         raise ValueError(f"{path}: frames must be (T, H, W, 3) uint8, got {frames.shape} {frames.dtype}")
     t, h, w, _ = frames.shape
     if h % 2 or w % 2:
-        raise ValueError(f"{path}: H.264 (yuv420p) needs even sizes, got {w}x{h}")
+        raise ValueError(f"{path}: H.264 ({pix_fmt}) needs even sizes, got {w}x{h}")
     path = Path(path)
     with atomic_path(path) as tmp, av.open(str(tmp), mode="w", format="mp4") as out:
         vs = out.add_stream("libx264", rate=Fraction(int(fps)))
-        vs.width, vs.height, vs.pix_fmt = w, h, "yuv420p"
+        vs.width, vs.height, vs.pix_fmt = w, h, pix_fmt
         vs.options = {"crf": str(crf), "preset": "veryfast"}
         aus = None
         if audio is not None:

@@ -15,6 +15,7 @@ import tempfile
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -91,6 +92,22 @@ def check_writable(folder: str | Path, key: str) -> None:
         log.warning("only %.0f MB free on the disk of %s (config key `%s`)", free_mb, folder, key)
 
 
+def encoding_options(encoding: Mapping[str, Any] | None) -> dict[str, Any]:
+    """The H.264 settings of the written videos (``crf`` 18, ``pix_fmt`` yuv420p unless given), checked before any
+    work: an unknown key or value is one error naming the config key ``encoding``."""
+    from mmgt.data.video_io import check_encoding
+
+    enc = {"crf": 18, "pix_fmt": "yuv420p", **(encoding or {})}
+    unknown = sorted(set(enc) - {"crf", "pix_fmt"})
+    if unknown:
+        raise GenerationError(f"encoding: unknown key(s) {', '.join(unknown)} (known: crf, pix_fmt)")
+    try:
+        check_encoding(enc["crf"], enc["pix_fmt"], "encoding (config key `encoding`)")
+    except ValueError as err:
+        raise GenerationError(str(err)) from err
+    return enc
+
+
 def mask_panel(masks: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
     """(K, T, h, w) masks -> (T, H, W, 3) uint8 for the side-by-side video (as the training logs show them)."""
     from mmgt.lit.video import mask_video
@@ -100,14 +117,16 @@ def mask_panel(masks: torch.Tensor, size: tuple[int, int]) -> np.ndarray:
 
 
 def write_outputs(paths: Mapping[str, Path], videos: Mapping[str, np.ndarray], audio: np.ndarray,
-                  keypoints: np.ndarray | None = None, keypoints_file: Path | None = None) -> None:
-    """Write every video (muxed with ``audio``) and the keypoints together: all files appear, or none."""
+                  keypoints: np.ndarray | None = None, keypoints_file: Path | None = None, crf: int = 18,
+                  pix_fmt: str = "yuv420p") -> None:
+    """Write every video (muxed with ``audio``; H.264 ``crf`` / ``pix_fmt``) and the keypoints together: all files
+    appear, or none."""
     from mmgt.data.video_io import atomic_path, write_video
 
     with contextlib.ExitStack() as stack:
         tmps = {k: stack.enter_context(atomic_path(p)) for k, p in paths.items()}
         for k, frames in videos.items():
-            write_video(tmps[k], frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE)
+            write_video(tmps[k], frames, fps=FPS, audio=audio, sample_rate=SAMPLE_RATE, crf=crf, pix_fmt=pix_fmt)
         if keypoints is not None and keypoints_file is not None:
             tmp = stack.enter_context(atomic_path(keypoints_file))
             with tmp.open("wb") as fh:
@@ -127,5 +146,5 @@ def place_reference(reference_dir: str | Path, clip_id: str, video: Path, audio:
         np.save(fh, keypoints)
 
 
-__all__ = ["LOW_SPACE_MB", "GenerationResult", "OutputPaths", "check_writable", "mask_panel", "place_reference",
-           "write_outputs"]
+__all__ = ["LOW_SPACE_MB", "GenerationResult", "OutputPaths", "check_writable", "encoding_options", "mask_panel",
+           "place_reference", "write_outputs"]

@@ -40,7 +40,14 @@ from mmgt import checkpoints
 from mmgt.data.corpus import FPS, HOP, SAMPLE_RATE
 from mmgt.errors import GenerationError
 from mmgt.generation.options import PoseSampling, Sampling, VideoSampling
-from mmgt.generation.outputs import GenerationResult, OutputPaths, mask_panel, place_reference, write_outputs
+from mmgt.generation.outputs import (
+    GenerationResult,
+    OutputPaths,
+    encoding_options,
+    mask_panel,
+    place_reference,
+    write_outputs,
+)
 from mmgt.pose.conditioning import ConditionProcessor, normalise_frames, scale_keypoints
 
 if TYPE_CHECKING:
@@ -333,16 +340,18 @@ class GesturePipeline:
     def generate(self, image: io.Image, audio: io.Speech, out: str | Path, *, keypoints: io.Keypoints | None = None,
                  estimator: Any = None, sampling: Sampling | None = None, pose_video: bool | str | Path = False,
                  side_by_side: bool | str | Path = False, save_keypoints: bool = False, seed: int = 0,
-                 min_peak: float = 1e-4, **flat: Any) -> GenerationResult:
+                 min_peak: float = 1e-4, encoding: Mapping[str, Any] | None = None, **flat: Any) -> GenerationResult:
         """Generate ``out`` (mp4 with the input audio) from a still image and speech (files or arrays).
 
         ``keypoints`` (pixels of ``image``) or ``estimator`` give the initial pose; ``sampling``: both stages'
         options (None fields: the checkpoints'); ``flat``: the earlier flat names (``pose_steps=``, ``steps=``,
         ``branch_weights=``, ...; :data:`~mmgt.generation.options.FLAT_NAMES`) applied over ``sampling``.
         ``pose_video`` / ``side_by_side``: True writes ``<out stem>_pose.mp4`` / ``<out stem>_panel.mp4`` (or give a
-        path). Every input is checked before any computation, and all files are written together at the end.
+        path). ``encoding``: ``crf`` / ``pix_fmt`` of the written videos (:func:`mmgt.data.video_io.write_video`).
+        Every input is checked before any computation, and all files are written together at the end.
         """
         opts = (sampling or Sampling()).with_flat(flat)
+        enc = encoding_options(encoding)
         paths = OutputPaths.for_video(out, pose_video, side_by_side, save_keypoints)
         t = time.perf_counter()
         src = io.read_inputs(image, audio, keypoints, estimator, min_peak)
@@ -361,7 +370,7 @@ class GesturePipeline:
 
             files["panel"] = paths.side_by_side
             videos["panel"] = stack(pose_u8, mask_panel(res.masks, self.frame_size), res.frames)
-        write_outputs(files, videos, src.speech, res.keypoints if paths.keypoints else None, paths.keypoints)
+        write_outputs(files, videos, src.speech, res.keypoints if paths.keypoints else None, paths.keypoints, **enc)
         seconds["write"] = time.perf_counter() - t
         return GenerationResult(paths.video, len(res.frames), len(src.speech) / SAMPLE_RATE, res.keypoints,
                                 res.frames, paths.pose_video, paths.side_by_side, paths.keypoints, seconds)

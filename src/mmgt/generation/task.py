@@ -23,7 +23,7 @@ import torch
 import mmgt.generation.inputs as io
 from mmgt.errors import GenerationError
 from mmgt.generation.options import Sampling
-from mmgt.generation.outputs import GenerationResult, check_writable
+from mmgt.generation.outputs import GenerationResult, check_writable, encoding_options
 from mmgt.generation.pipeline import GesturePipeline
 
 FLAGS = ("pose_video", "side_by_side", "save_keypoints", "progress")  # boolean keys of conf/generate.yaml
@@ -139,6 +139,7 @@ def plan(c: Mapping[str, Any]) -> Plan:
     for folder, key in folders.items():
         check_writable(folder, key)
     options = dict(save_keypoints=f["save_keypoints"], seed=int(c.get("seed") or 0),
+                   encoding=encoding_options(c.get("encoding")),
                    min_peak=float(c.get("min_peak", 1e-4)), keypoints=decoded.get("keypoints", c.get("keypoints")),
                    estimator=decoded.get("estimator", c.get("estimator")))
     return Plan(jobs, root, sampling, out_dir, options, decoded.get("image"), decoded.get("audio"))
