@@ -396,3 +396,38 @@ def test_experiment_presets_compose_and_build() -> None:
     assert model.net.cfg.split_streams and model.hparams.ema["decay"] == 0.9999
     small = instantiate(no_split.model, data_info={**info, "window": 32}, _recursive_=False)
     assert not small.net.cfg.split_streams and all(layer.face is None for layer in small.net.layers)
+
+
+def test_residual_diffusion_targets_offsets_from_the_conditioning_pose() -> None:
+    """With ``residual_scale`` the diffusion runs on (x - cond) * s: a net that predicts x̂0 = 0 means "stay at the
+    conditioning pose", a net that predicts the true scaled offset gives back the absolute poses, and the noised
+    training input is built from the offsets (so a still figure is a target of 0, not a copy of its input)."""
+    torch.manual_seed(0)
+    b, n, k, c = 2, 5, 134, 3
+    cond = torch.rand(b, k, c) * 2 - 1
+    x0 = cond[:, None] + 0.02 * torch.randn(b, n, k, c)  # offsets x s stay within the clip range
+    s = 4.0
+    res, plain = GestureDiffusion(residual_scale=s), GestureDiffusion()
+    seen = {}
+
+    def zero(x, t, audio, cond_pose, drop_audio=None):
+        seen["x_t"] = x
+        return torch.zeros_like(x)
+
+    def truth(x, t, audio, cond_pose, drop_audio=None):
+        return (x0 - cond_pose[:, None]) * s
+
+    audio = torch.zeros(b, n, 8)
+    pred, _ = res.training_pair(zero, x0, audio, cond, noise=torch.zeros(b, n, k, c),
+                                t=torch.zeros(b, dtype=torch.long))
+    assert torch.allclose(pred, cond[:, None].expand_as(pred))
+    a0 = res.alphas_cumprod[0].float().sqrt()
+    assert torch.allclose(seen["x_t"], a0 * (x0 - cond[:, None]) * s, atol=1e-6)
+    out = res.ddim_sample(truth, audio, cond, (b, n, k, c), steps=5, eta=0.0, guidance=1.0)
+    assert torch.allclose(out, x0, atol=1e-5)
+    still = res.ddim_sample(zero, audio, cond, (b, n, k, c), steps=5, eta=0.0, guidance=1.0)
+    assert torch.allclose(still, cond[:, None].expand_as(still), atol=1e-6)
+    assert torch.allclose(plain.ddim_sample(zero, audio, cond, (b, n, k, c), steps=5, eta=0.0, guidance=1.0),
+                          torch.zeros(b, n, k, c))
+    with pytest.raises(ValueError, match="residual_scale"):
+        GestureDiffusion(residual_scale=0)

@@ -58,12 +58,20 @@ class GestureDiffusion(nn.Module):
     """Noise schedule + training noising + DDIM/CFG sampling for an x0-predicting denoiser (no parameters)."""
 
     def __init__(self, timesteps: int = 1000, cond_drop_prob: float = 0.25, clip_x0: bool = True,
-                 clip_range: float = 1.0, schedule_dtype: str = "float64", time_grid: str = "round") -> None:
+                 clip_range: float = 1.0, schedule_dtype: str = "float64", time_grid: str = "round",
+                 residual_scale: float | None = None) -> None:
         """``schedule_dtype``: "float64" (ᾱ accumulated in float64; ε̂ = (x - √ᾱ x̂0)/√(1-ᾱ)) or "float32" (the
         official: β rounded to float32, ᾱ = float32 cumprod, ε̂ = (√(1/ᾱ) x - x̂0)/√(1/ᾱ - 1) from float32 tables;
         near t = 0 the two ε̂ differ by ~1e-3 relative through float32 cancellation). ``time_grid``: DDIM steps
-        from linspace(-1, T-1, S+1) "round"ed or "trunc"ated toward zero (the official; same grid for S = 50)."""
+        from linspace(-1, T-1, S+1) "round"ed or "trunc"ated toward zero (the official; same grid for S = 50).
+        ``residual_scale``: None diffuses the poses themselves (the original); a number s diffuses their offsets from
+        the conditioning pose, ``(x - cond) * s``: still keypoints become a target of 0 instead of a copy of the
+        input, and the diffusion's residual error shrinks by s in pixels (s times the largest offset should stay
+        within ``clip_range``). The net still sees the conditioning pose; callers see absolute poses either way."""
         super().__init__()
+        if residual_scale is not None and not residual_scale > 0:
+            raise ValueError(f"diffusion.residual_scale must be a positive number or null, got {residual_scale!r}")
+        self.residual_scale = None if residual_scale is None else float(residual_scale)
         if schedule_dtype not in ("float64", "float32"):
             raise ValueError(f"diffusion.schedule_dtype must be 'float64' or 'float32', got {schedule_dtype!r}")
         if time_grid not in ("round", "trunc"):
@@ -112,9 +120,17 @@ class GestureDiffusion(nn.Module):
         b, dev = x0.shape[0], x0.device
         t = self.sample_timesteps(b, dev, generator) if t is None else t.to(dev)
         noise = _randn(x0.shape, dev, x0.dtype, generator) if noise is None else noise.to(dev)
-        x_t = self.q_sample(x0, t, noise)
+        x_t = self.q_sample(self.to_residual(x0, cond_pose), t, noise)
         drop = self.sample_drop_mask(b, dev, generator) if drop_audio is None else drop_audio.to(dev, torch.bool)
-        return net(x_t, t, audio, cond_pose, drop_audio=drop), t
+        return self.from_residual(net(x_t, t, audio, cond_pose, drop_audio=drop), cond_pose), t
+
+    def to_residual(self, x: torch.Tensor, cond_pose: torch.Tensor) -> torch.Tensor:
+        """Poses (B, N, K, C) -> the space the diffusion runs in (themselves, or scaled offsets from ``cond_pose``)."""
+        return x if self.residual_scale is None else (x - cond_pose[:, None]) * self.residual_scale
+
+    def from_residual(self, z: torch.Tensor, cond_pose: torch.Tensor) -> torch.Tensor:
+        """The inverse of :meth:`to_residual`: absolute poses from the diffusion's space."""
+        return z if self.residual_scale is None else cond_pose[:, None] + z / self.residual_scale
 
     # ------------------------------------------------------------------------------------------- sampling
 
@@ -159,8 +175,9 @@ class GestureDiffusion(nn.Module):
                     steps: int = 50, eta: float = 1.0, guidance: float = 2.0,
                     generator: Generators = None, noise: torch.Tensor | None = None,
                     step_noise: torch.Tensor | Sequence[torch.Tensor] | None = None) -> torch.Tensor:
-        """One window: DDIM from pure noise to x0. ``shape`` = (B, N, K, C); eta=0 is deterministic. ``noise`` is
-        x_T and ``step_noise[k]`` the noise of the k-th stochastic update (steps - 1 of them), instead of draws."""
+        """One window: DDIM from pure noise to x0 (absolute poses; the steps run in the :meth:`to_residual` space).
+        ``shape`` = (B, N, K, C); eta=0 is deterministic. ``noise`` is x_T and ``step_noise[k]`` the noise of the
+        k-th stochastic update (steps - 1 of them), instead of draws."""
         dev = audio.device
         x = _randn(shape, dev, audio.dtype, generator) if noise is None else noise.to(dev)
         pairs = self.ddim_timesteps(steps)
@@ -180,7 +197,7 @@ class GestureDiffusion(nn.Module):
             if eta > 0:
                 z = _randn(x.shape, dev, x.dtype, generator) if step_noise is None else step_noise[k].to(dev)
                 x = x + sigma * z
-        return x
+        return self.from_residual(x, cond_pose)
 
     @staticmethod
     def window_starts(length: int, window: int, overlap: int = 0) -> list[int]:
