@@ -220,3 +220,34 @@ def test_444_encoding_keeps_tiny_frames_colour_and_older_corpora_are_kept(tmp_pa
     rec = read_manifest(root)[0]
     with av.open(str(root / rec.video)) as c:
         assert c.streams.video[0].codec_context.pix_fmt == "yuv444p"
+
+
+def test_prepare_synthetic_rebuilds_a_corpus_written_with_other_settings(tmp_path: Path, capsys) -> None:
+    """``prepare task=synthetic`` keeps a corpus written with the asked settings (or a corpus that is not synthetic)
+    but rebuilds one written with other settings, saying which changed (an updated quickstart recipe must not score
+    against its old clips)."""
+    from omegaconf import OmegaConf
+
+    from mmgt.data.prepare import _run
+
+    root = tmp_path / "syn"
+    spec = dict(n_speakers=1, clips_per_speaker=3, seconds=0.4, size=32, seed=0, sway=0.02, crf=18,
+                pix_fmt="yuv420p")
+
+    def prepare(**over: object) -> None:
+        cfg = OmegaConf.create({"task": "synthetic", "overwrite": False, "progress": False,
+                                "data": {"root": str(root), "synthetic": {**spec, **over}}})
+        assert _run(cfg) == 0
+
+    prepare()
+    video = root / read_manifest(root)[0].video
+    stamp = video.stat().st_mtime_ns
+    prepare()
+    assert "already there" in capsys.readouterr().out and video.stat().st_mtime_ns == stamp
+    prepare(pix_fmt="yuv444p", crf=10)
+    assert "'pix_fmt': ('yuv420p', 'yuv444p')" in capsys.readouterr().out
+    assert json.loads((root / "synthetic.json").read_text())["pix_fmt"] == "yuv444p"
+    (root / "synthetic.json").unlink()  # not (known to be) synthetic: left alone
+    stamp = video.stat().st_mtime_ns
+    prepare()
+    assert "already there" in capsys.readouterr().out and video.stat().st_mtime_ns == stamp

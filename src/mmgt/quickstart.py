@@ -43,7 +43,11 @@ PRETRAIN_STEPS = (3000, 2500, 150)
 # fine-tuning learning rates (the experiments' own rates are the from-scratch recipe): small enough that a few
 # hundred steps refine the shipped weights instead of shaking them
 FINETUNE_LR = {"smga": 1.0e-4, "video_a": 2.0e-4, "video_b": 2.0e-4}
-CORPUS = ["data.synthetic.size=32"]  # the quickstart corpus: the synthetic default at 32 px (the experiments' too)
+# the quickstart corpus (the experiments' too): the synthetic default at 32 px, its videos in 4:4:4 colour at crf 10
+# (4:2:0 keeps a 16x16 colour plane at 32 px, whose error would dominate every method's PSNR), and the generated
+# videos are written the same way (ENCODING) so that both sides of the comparison went through the same codec
+CORPUS = ["data.synthetic.size=32", "data.synthetic.crf=10", "data.synthetic.pix_fmt=yuv444p"]
+ENCODING = ["encoding.crf=10", "encoding.pix_fmt=yuv444p"]
 # typical share of the whole run per step on 2 idle cores (measured with the default steps: 245 s in all): the
 # remaining-time estimate scales these by how fast the finished steps went
 EXPECTED_SHARE = (0.015, 0.002, 0.138, 0.22, 0.089, 0.205, 0.331)
@@ -76,7 +80,7 @@ def steps(root: Path, out: Path, max_steps: tuple[int, int, int] = DEFAULT_STEPS
         ("generate held-out clips", py + [
             "mmgt.generate", "split=test", f"data.root={data}", f"smga.ckpt={out / 'smga'}",
             f"video.ckpt={out / 'video_b'}", f"out={out / 'generated'}", f"reference_dir={out / 'reference'}",
-            "pose_video=true", "side_by_side=true", "progress=true", f"hydra.run.dir={out / 'generate'}"]),
+            "pose_video=true", "side_by_side=true", "progress=true", *ENCODING, f"hydra.run.dir={out / 'generate'}"]),
         ("evaluate", py + [
             "mmgt.evaluate", f"generated={out / 'generated'}", f"reference={out / 'reference'}",
             "metrics.allow_random_weights=true", f"hydra.run.dir={out / 'evaluate'}"]),

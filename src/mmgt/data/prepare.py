@@ -16,6 +16,7 @@ a new dataset needs its importer and its own task file, no edit here::
 from __future__ import annotations
 
 import sys
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -54,13 +55,19 @@ def _run(cfg: DictConfig) -> int:
     task = cfg.get("task")
     root = Path(cfg.data.root)
     if task == "synthetic":
-        from mmgt.data.synthetic import generate_corpus
+        from mmgt.data.synthetic import SyntheticSpec, generate_corpus, stored_spec
 
         spec = {k: v for k, v in (to_plain(cfg.data.get("synthetic")) or {}).items() if k != "generate_if_missing"}
         overwrite = bool(cfg.get("overwrite"))
-        if (root / MANIFEST).exists() and not overwrite:
+        stored = stored_spec(root)
+        wanted = {**asdict(SyntheticSpec()), **spec}
+        if (root / MANIFEST).exists() and not overwrite and (stored is None or stored == wanted):
             print(f"{root}: a corpus is already there ({len(Corpus(root))} clips); overwrite=true rebuilds it")
             return 0
+        if stored is not None and stored != wanted and (root / MANIFEST).exists():
+            changed = {k: (stored.get(k), v) for k, v in wanted.items() if stored.get(k) != v}
+            print(f"{root}: the synthetic corpus there was written with other settings {changed} (old, new): "
+                  "rebuilding it beside the old one")
         # resumes an interrupted build; overwrite builds beside the old corpus and swaps it in when complete
         records = generate_corpus(root, progress=bool(cfg.get("progress", True)), overwrite=overwrite, **spec)
         print(f"{root}: wrote {len(records)} synthetic clips ({spec})")

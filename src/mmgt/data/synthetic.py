@@ -335,7 +335,7 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
         if only_if_missing and (root / MANIFEST).exists():
             return read_manifest(root)
         sweep_leftovers(root)
-        if not overwrite and _stored_spec(root) == asdict(spec):
+        if not overwrite and stored_spec(root) == asdict(spec):
             return _write_clips(root, spec, progress)  # resume (or repair) in place
         if not (root / MANIFEST).exists():  # nothing usable there yet: clips of another/unknown spec go
             with naming_write_errors(root / "clips"):
@@ -352,7 +352,7 @@ def generate_corpus(root: str | Path, n_speakers: int = 4, clips_per_speaker: in
         return records
 
 
-def _stored_spec(root: Path) -> dict[str, object] | None:
+def stored_spec(root: Path) -> dict[str, object] | None:
     """The spec recorded in ``synthetic.json`` (None when absent or unreadable: the clips can't be trusted); keys a
     corpus written before they existed lacks read as their defaults (it was written with them)."""
     try:
@@ -369,7 +369,7 @@ def _write_clips(root: Path, spec: SyntheticSpec, progress: bool) -> list[ClipRe
     from mmgt.data.validate import check_clip
 
     meta = json.dumps(asdict(spec), indent=2)
-    if _stored_spec(root) != asdict(spec):
+    if stored_spec(root) != asdict(spec):
         with naming_write_errors(root / META), atomic_path(root / META) as tmp:
             tmp.write_text(meta)
     n_frames = max(1, round(spec.seconds * FPS))
@@ -398,7 +398,7 @@ def ensure_corpus(root: str | Path, progress: bool = True, **spec: object) -> Pa
     if (root / MANIFEST).exists():
         meta = root / META
         if meta.exists() and spec:
-            stored = _stored_spec(root) or {}
+            stored = stored_spec(root) or {}
             wanted = {**stored, **{k: v for k, v in spec.items() if k in stored}}
             if wanted != stored:
                 log.warning("%s was generated with %s, config asks for %s: using the existing corpus (delete it "
